@@ -1,0 +1,10 @@
+//! `rvirt`, the client library.
+//!
+//! - [`paths`]: where daemons put their sockets and state, in system and session mode, under
+//!   `RVIRT_ROOT` when it is set; the daemons bind where clients look because both use this.
+//! - [`transport`]: gRPC channels to a daemon's Unix socket.
+//!
+//! URIs, `Connect`, typed handles, event streams and the in-process test driver build on these.
+
+pub mod paths;
+pub mod transport;

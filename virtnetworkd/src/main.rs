@@ -1,0 +1,5 @@
+//! The `virtnetworkd` binary: see the library for what it does.
+
+fn main() -> std::process::ExitCode {
+    rvirt_daemon::main(virtnetworkd::SPEC, virtnetworkd::init)
+}
