@@ -1,0 +1,1 @@
+//! domain XML: arrives with its daemon.

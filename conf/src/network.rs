@@ -1,0 +1,1 @@
+//! network XML: arrives with its daemon.

@@ -1,0 +1,1 @@
+//! secret XML: arrives with its daemon.

@@ -1,0 +1,1 @@
+//! storage XML: arrives with its daemon.
