@@ -13,12 +13,16 @@
 //! - [`admin`]: the admin service, implemented once for every daemon;
 //! - [`host`]: the generic parts of the host service (version, hostname, node info);
 //! - [`logging`]: tracing with run-time filters;
+//! - [`events`]: sequenced, resumable event logs behind every `Watch*Events` RPC;
+//! - [`atomic`]: crash-safe writes of configuration and state;
 //! - [`server`]: readiness notification, signals (SIGTERM drains, SIGHUP reloads), idle exit.
 
 pub mod access;
 pub mod admin;
+pub mod atomic;
 pub mod clients;
 pub mod config;
+pub mod events;
 pub mod host;
 pub mod listen;
 pub mod logging;
