@@ -13,7 +13,8 @@
 //! - [`admin`]: the admin service, implemented once for every daemon;
 //! - [`host`]: the generic parts of the host service (version, hostname, node info);
 //! - [`logging`]: tracing with run-time filters;
-//! - [`events`]: sequenced, resumable event logs behind every `Watch*Events` RPC;
+//! - [`events`] (re-exported from `rvirt::events`, which the in-process test driver shares):
+//!   sequenced, resumable event logs behind every `Watch*Events` RPC;
 //! - [`atomic`]: crash-safe writes of configuration and state;
 //! - [`server`]: readiness notification, signals (SIGTERM drains, SIGHUP reloads), idle exit.
 
@@ -22,7 +23,6 @@ pub mod admin;
 pub mod atomic;
 pub mod clients;
 pub mod config;
-pub mod events;
 pub mod host;
 pub mod listen;
 pub mod logging;
@@ -31,4 +31,5 @@ pub mod pidfile;
 pub mod server;
 
 pub use clients::ClientInfo;
+pub use rvirt::events;
 pub use server::{DaemonArgs, DaemonContext, DaemonSpec, Driver, ServiceSet, main};

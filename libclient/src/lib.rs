@@ -6,5 +6,15 @@
 //!
 //! URIs, `Connect`, typed handles, event streams and the in-process test driver build on these.
 
+pub mod autostart;
+pub mod connect;
+pub mod error;
+pub mod events;
 pub mod paths;
+pub mod route;
+pub mod test_driver;
 pub mod transport;
+pub mod uri;
+
+pub use connect::{Connect, OpenOptions};
+pub use error::{Error, Result};
