@@ -23,8 +23,22 @@ use crate::paths::{BaseDirs, Mode};
 use crate::route::{self, DaemonId, Owner, VIRTPROXYD};
 use crate::uri::{ConnectUri, Driver, Instance, SocketMode, Transport};
 
-/// Errors a transport may return.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// An error a transport returned (a concrete type: boxed trait objects as a service's error
+/// type trip the compiler's higher-ranked lifetime checks in boxed futures).
+#[derive(Debug)]
+pub struct BoxError(pub Box<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for BoxError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for BoxError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 /// A gRPC transport: a socket channel or the in-process test driver, boxed so every generated
 /// client has one type.
@@ -238,7 +252,7 @@ async fn socket_transport(path: &Path, deadline: Duration, eager: bool) -> Resul
     };
     Ok(BoxCloneSyncService::new(tower::ServiceExt::map_err(
         channel,
-        |e| Box::new(e) as BoxError,
+        |e| BoxError(Box::new(e)),
     )))
 }
 

@@ -8,13 +8,17 @@
 
 pub mod autostart;
 pub mod connect;
+pub mod domain;
 pub mod error;
 pub mod events;
+pub mod host;
 pub mod paths;
 pub mod route;
 pub mod test_driver;
 pub mod transport;
 pub mod uri;
+pub mod watch;
 
 pub use connect::{Connect, OpenOptions};
+pub use domain::Domain;
 pub use error::{Error, Result};

@@ -278,3 +278,73 @@ async fn category_uris_without_the_service_say_so() {
     let conn = Connect::open("test:///default").await.expect("open");
     assert!(conn.transport("rvirt.v1.AdminService").is_err());
 }
+
+#[tokio::test]
+async fn typed_handles_drive_the_lifecycle_and_the_subscription_sees_it() {
+    use rvirt::watch::WatchItem;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let node = dir.path().join("node.xml");
+    std::fs::write(&node, "<node/>").expect("node file");
+    let conn = Connect::open(&format!("test://{}", node.display()))
+        .await
+        .expect("open");
+    let mut events = conn
+        .domain_events(WatchDomainEventsRequest::default())
+        .await
+        .expect("subscribe");
+    let xml = "<domain type='test'><name>h</name><memory>65536</memory><vcpu>2</vcpu></domain>";
+    let mut dom = conn.define_domain_xml(xml, 0).await.expect("define");
+    assert_eq!(dom.id(), None);
+    dom.create(0).await.expect("start");
+    assert!(dom.id().is_some());
+    assert_eq!(dom.info().await.expect("info").nr_virt_cpu, 2);
+    dom.set_vcpus(1, 0).await.expect("set vcpus");
+    assert_eq!(dom.info().await.expect("info").nr_virt_cpu, 1);
+    dom.set_memory(32768, 0).await.expect("setmem");
+    assert_eq!(dom.info().await.expect("info").memory_kib, 32768);
+    let err = dom.set_memory(1 << 30, 0).await.expect_err("above max");
+    assert_eq!(err.code, ErrorCode::InvalidArg);
+    dom.destroy(0).await.expect("destroy");
+    let found = conn
+        .lookup_domain_by_uuid(dom.uuid())
+        .await
+        .expect("lookup by uuid");
+    assert_eq!(found.name(), "h");
+    assert_eq!(
+        conn.list_all_domains(DomainListFlag::Inactive as u32)
+            .await
+            .expect("list")
+            .len(),
+        1
+    );
+    assert_eq!(
+        conn.list_all_domains(DomainListFlag::Active as u32)
+            .await
+            .expect("list")
+            .len(),
+        0
+    );
+
+    let mut kinds = Vec::new();
+    while kinds.len() < 3 {
+        let item = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("in time")
+            .expect("open");
+        if let WatchItem::Event(DomainEvent {
+            event: Some(domain_event::Event::Lifecycle(l)),
+            ..
+        }) = item
+        {
+            kinds.push(l.r#type());
+        }
+    }
+    assert_eq!(
+        kinds,
+        vec![
+            DomainEventType::Defined,
+            DomainEventType::Started,
+            DomainEventType::Stopped
+        ]
+    );
+}
