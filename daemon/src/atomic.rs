@@ -16,7 +16,14 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    // Unique per process and per call, so concurrent writers of one path never share a temporary.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{n}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -52,6 +59,30 @@ pub fn remove_durable(path: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_writers_of_one_path_do_not_collide() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("obj.xml");
+        std::thread::scope(|s| {
+            for i in 0..8u8 {
+                let path = &path;
+                s.spawn(move || {
+                    for _ in 0..50 {
+                        write_atomic(path, &[i; 64], 0o600).expect("write");
+                    }
+                });
+            }
+        });
+        let data = std::fs::read(&path).expect("read");
+        assert_eq!(data.len(), 64);
+        assert!(data.iter().all(|b| *b == data[0]), "a torn file");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).expect("ls").count(),
+            1,
+            "temporaries left behind"
+        );
+    }
 
     #[test]
     fn replaces_content_with_mode_and_leaves_no_temporary() {

@@ -105,6 +105,10 @@ pub trait Driver: Send + Sync + 'static {
     fn reload(&self) -> Result<(), String> {
         Ok(())
     }
+
+    /// The daemon starts shutting down: end long-lived streams (close event logs, consoles) so
+    /// in-flight calls can drain.
+    fn shutting_down(&self) {}
 }
 
 /// Connection limits that a reload can change.
@@ -196,6 +200,12 @@ impl DaemonContext {
     /// Why the driver is busy, if it is (and the daemon has a driver yet).
     pub fn driver_busy(&self) -> Option<String> {
         self.driver.get().and_then(|d| d.busy())
+    }
+
+    /// Becomes `true` when the daemon starts shutting down: long-lived streams (event watches,
+    /// consoles) should end then, so that in-flight calls can drain.
+    pub fn shutdown_requested(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
     }
 
     /// Asks the daemon to drain and exit.
@@ -420,6 +430,7 @@ where
         }
     }
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    driver.shutting_down();
     let drain = Duration::from_secs(ctx.config.read().map(|c| c.shutdown_timeout).unwrap_or(10));
     tracing::info!(seconds = drain.as_secs(), "draining in-flight calls");
     if tokio::time::timeout(drain, async { while servers.join_next().await.is_some() {} })

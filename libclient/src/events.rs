@@ -79,6 +79,7 @@ pub struct EventLog<E> {
     capacity: usize,
     inner: Mutex<Inner<E>>,
     live: broadcast::Sender<Arc<Sequenced<E>>>,
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl<E: Clone + Send + Sync + 'static> EventLog<E> {
@@ -98,7 +99,14 @@ impl<E: Clone + Send + Sync + 'static> EventLog<E> {
                 retained: VecDeque::with_capacity(capacity),
             }),
             live: broadcast::channel(capacity.max(16)).0,
+            closed: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Ends every watch (the daemon is shutting down, so in-flight calls can drain); watches
+    /// opened later end at once.
+    pub fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// The epoch of this log's numbering.
@@ -177,6 +185,9 @@ impl<E: Clone + Send + Sync + 'static> EventLog<E> {
             epoch: epoch.clone(),
             current_sequence: current,
         });
+        if *self.closed.borrow() {
+            head.clear(); // a watch opened after close ends at once
+        }
         drop(inner);
         let live = live.map(move |item| match item {
             Ok(event) => Delivery::Event(event),
@@ -188,7 +199,16 @@ impl<E: Clone + Send + Sync + 'static> EventLog<E> {
                 current_sequence: 0,
             },
         });
-        tokio_stream::iter(head).chain(live)
+        // The watch ends when the log is closed: a `None` from the closed flag stops it.
+        let closing = tokio_stream::wrappers::WatchStream::new(self.closed.subscribe())
+            .filter(|closed| *closed)
+            .map(|_| None);
+        tokio_stream::iter(head)
+            .chain(live)
+            .map(Some)
+            .merge(closing)
+            .take_while(Option::is_some)
+            .filter_map(|delivery| delivery)
     }
 }
 
@@ -291,6 +311,19 @@ mod tests {
         ));
         let got = take(&mut Box::pin(log.watch("", 7)), 4).await;
         assert_eq!(seqs(&got), vec![8, 9, 10]);
+    }
+
+    #[tokio::test]
+    async fn close_ends_open_and_later_watches() {
+        let log: EventLog<u32> = EventLog::new(4);
+        let mut open = Box::pin(log.watch("", 0));
+        assert!(matches!(take(&mut open, 1).await[0], Delivery::CaughtUp { .. }));
+        log.close();
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), open.next()).await;
+        assert!(end.expect("ends in time").is_none());
+        let mut later = Box::pin(log.watch("", 0));
+        let end = tokio::time::timeout(std::time::Duration::from_secs(5), later.next()).await;
+        assert!(end.expect("ends in time").is_none());
     }
 
     #[tokio::test]
