@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     let proto_dir = root.join("rvirt").join("v1");
+    println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={}", proto_dir.display());
 
     let mut files: Vec<String> = Vec::new();
@@ -43,6 +44,12 @@ fn main() -> Result<(), Box<dyn Error>> {
         // A driver implements what it supports; the rest answers UNIMPLEMENTED, which clients
         // read as ERROR_CODE_OPERATION_UNSUPPORTED.
         .generate_default_stubs(true)
+        // Secret values must never reach a log through a derived Debug.
+        .skip_debug([
+            ".rvirt.v1.SetSecretValueRequest",
+            ".rvirt.v1.GetSecretValueResponse",
+            ".rvirt.v1.GetSecretValueInternalResponse",
+        ])
         .compile_fds(fds)?;
     Ok(())
 }

@@ -14,6 +14,23 @@ pub mod v1 {
     tonic::include_proto!("rvirt.v1");
 }
 
+/// The messages that carry secret values have no derived `Debug`: this one prints no bytes.
+macro_rules! redacted_debug {
+    ($($name:ident),*) => {$(
+        impl std::fmt::Debug for v1::$name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($name), " { <redacted> }"))
+            }
+        }
+    )*};
+}
+
+redacted_debug!(
+    SetSecretValueRequest,
+    GetSecretValueResponse,
+    GetSecretValueInternalResponse
+);
+
 /// The encoded `FileDescriptorSet` of the whole contract, with its imports.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rvirt_descriptor.bin"));
 
