@@ -8,7 +8,7 @@
 # Idempotent and quick when everything is already installed.
 set -euo pipefail
 
-packages=(qemu-system-x86 qemu-utils libxml2-utils dnsmasq-base nftables iproute2 lvm2 socat)
+packages=(qemu-system-x86 qemu-utils libxml2-utils dnsmasq-base nftables iproute2 lvm2 socat busybox)
 backported=(qemu-system-x86 qemu-utils)
 
 missing=()

@@ -131,6 +131,9 @@ pub struct DaemonOptions {
     pub env: Vec<(String, String)>,
     /// Listening sockets to pass by socket activation, with their `FileDescriptorName`s.
     pub activated: Vec<(RawFd, String)>,
+    /// Run the daemon inside this network namespace (`ip netns exec NAME`), which the test
+    /// created; `None` runs it in the test's own namespace.
+    pub netns: Option<String>,
 }
 
 impl DaemonProcess {
@@ -151,11 +154,20 @@ impl DaemonProcess {
         let notify_path = root.path().join(format!("notify-{name}-{}", unique()));
         let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
         let program = binary(name);
+        // `ip netns exec` execs the daemon itself, so its pid stays the daemon's pid.
+        let in_netns = |program: &Path| match &options.netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(program);
+                c
+            }
+            None => Command::new(program),
+        };
         let mut command = if options.activated.is_empty() {
-            Command::new(&program)
+            in_netns(&program)
         } else {
             // LISTEN_PID must be the daemon's own pid: a shell sets it to its pid, then execs.
-            let mut c = Command::new("/bin/sh");
+            let mut c = in_netns(Path::new("/bin/sh"));
             c.arg("-c").arg("LISTEN_PID=$$ exec \"$0\" \"$@\"").arg(&program);
             let names: Vec<&str> = options.activated.iter().map(|(_, n)| n.as_str()).collect();
             c.env("LISTEN_FDS", options.activated.len().to_string())
