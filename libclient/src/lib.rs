@@ -5,6 +5,10 @@
 //! - [`transport`]: gRPC channels to a daemon's Unix socket.
 //!
 //! URIs, `Connect`, typed handles, event streams and the in-process test driver build on these.
+//!
+//! Typed handles mirror libvirt's objects: [`Domain`], [`Network`], [`StoragePool`] and
+//! [`StorageVol`] (with sparse-aware upload and download), [`Secret`]; each category's events
+//! come as resumable [`watch::Subscription`]s.
 
 pub mod autostart;
 pub mod connect;
@@ -12,8 +16,11 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod host;
+pub mod network;
 pub mod paths;
 pub mod route;
+pub mod secret;
+pub mod storage;
 pub mod test_driver;
 pub mod transport;
 pub mod uri;
@@ -22,3 +29,6 @@ pub mod watch;
 pub use connect::{Connect, OpenOptions};
 pub use domain::Domain;
 pub use error::{Error, Result};
+pub use network::Network;
+pub use secret::Secret;
+pub use storage::{StoragePool, StorageVol, Transfer};

@@ -1,7 +1,5 @@
-//! `rvirsh`, the rvirt command line with virsh's command names. Its commands arrive with the
-//! client library (`rvirt`) they are built on.
+//! `rvirsh`: see the library crate for the pieces; this only hands over the arguments.
 
 fn main() -> std::process::ExitCode {
-    eprintln!("rvirsh: no commands yet; see README.md for what rvirt serves today");
-    std::process::ExitCode::FAILURE
+    rvirsh::cli::main(std::env::args().collect())
 }

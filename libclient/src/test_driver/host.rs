@@ -70,6 +70,34 @@ const CAPABILITIES: &str = r#"<capabilities>
 </capabilities>
 "#;
 
+/// The test driver's domain capabilities: the test emulator, with no optional feature.
+const DOMAIN_CAPABILITIES: &str = r#"<domainCapabilities>
+  <path>/usr/bin/test-hv</path>
+  <domain>test</domain>
+  <arch>i686</arch>
+  <iothreads supported='no'/>
+  <os supported='no'/>
+  <cpu>
+    <mode name='host-passthrough' supported='no'/>
+    <mode name='maximum' supported='no'/>
+    <mode name='host-model' supported='no'/>
+    <mode name='custom' supported='no'/>
+  </cpu>
+  <devices>
+    <disk supported='no'/>
+    <graphics supported='no'/>
+    <video supported='no'/>
+    <hostdev supported='no'/>
+  </devices>
+  <features>
+    <gic supported='no'/>
+    <vmcoreinfo supported='no'/>
+    <genid supported='no'/>
+    <sev supported='no'/>
+  </features>
+</domainCapabilities>
+"#;
+
 /// The test driver's host service.
 #[derive(Debug)]
 pub struct TestHost {
@@ -155,6 +183,34 @@ impl HostService for TestHost {
     ) -> Result<Response<GetCapabilitiesResponse>, Status> {
         Ok(Response::new(GetCapabilitiesResponse {
             xml: CAPABILITIES.into(),
+        }))
+    }
+
+    async fn get_domain_capabilities(
+        &self,
+        request: Request<GetDomainCapabilitiesRequest>,
+    ) -> Result<Response<GetDomainCapabilitiesResponse>, Status> {
+        let request = request.into_inner();
+        let refuse = |what: &str, value: &str, expected: &str| {
+            rvirt_proto::error::status(
+                ErrorCode::InvalidArg,
+                ErrorDomain::Test,
+                format!(
+                    "Invalid argument: the test driver has no {what} '{value}': use '{expected}' or leave it out"
+                ),
+            )
+        };
+        if !request.virttype.is_empty() && request.virttype != "test" {
+            return Err(refuse("virtualization type", &request.virttype, "test"));
+        }
+        if !request.arch.is_empty() && request.arch != "i686" {
+            return Err(refuse("architecture", &request.arch, "i686"));
+        }
+        if !request.emulator_bin.is_empty() && request.emulator_bin != "/usr/bin/test-hv" {
+            return Err(refuse("emulator", &request.emulator_bin, "/usr/bin/test-hv"));
+        }
+        Ok(Response::new(GetDomainCapabilitiesResponse {
+            xml: DOMAIN_CAPABILITIES.into(),
         }))
     }
 

@@ -8,7 +8,10 @@
 
 mod domain;
 mod host;
+mod network;
 mod node;
+mod secret;
+mod storage;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -50,10 +53,26 @@ pub async fn transport(instance: &Instance) -> Result<GrpcTransport> {
 pub fn serve(state: Arc<TestState>) -> GrpcTransport {
     use rvirt_proto::v1::domain_service_server::DomainServiceServer;
     use rvirt_proto::v1::host_service_server::HostServiceServer;
+    use rvirt_proto::v1::network_service_server::NetworkServiceServer;
+    use rvirt_proto::v1::secret_service_server::SecretServiceServer;
+    use rvirt_proto::v1::storage_pool_service_server::StoragePoolServiceServer;
+    use rvirt_proto::v1::storage_vol_service_server::StorageVolServiceServer;
     let mut routes = tonic::service::RoutesBuilder::default();
     routes
         .add_service(HostServiceServer::new(host::TestHost::new(Arc::clone(&state))))
         .add_service(DomainServiceServer::new(domain::TestDomains::new(Arc::clone(
+            &state,
+        ))))
+        .add_service(NetworkServiceServer::new(network::TestNetworks::new(Arc::clone(
+            &state,
+        ))))
+        .add_service(StoragePoolServiceServer::new(storage::TestPools::new(
+            Arc::clone(&state),
+        )))
+        .add_service(StorageVolServiceServer::new(storage::TestVols::new(Arc::clone(
+            &state,
+        ))))
+        .add_service(SecretServiceServer::new(secret::TestSecrets::new(Arc::clone(
             &state,
         ))));
     let routes = routes.routes();
@@ -61,4 +80,16 @@ pub fn serve(state: Arc<TestState>) -> GrpcTransport {
         routes,
         |never| -> BoxError { match never {} },
     ))
+}
+
+/// The wire form of an event log's resync reason.
+fn resync_reason(reason: crate::events::Resync) -> rvirt_proto::v1::ResyncReason {
+    use crate::events::Resync;
+    use rvirt_proto::v1::ResyncReason;
+    match reason {
+        Resync::TooOld => ResyncReason::TooOld,
+        Resync::EpochChanged => ResyncReason::EpochChanged,
+        Resync::SlowConsumer => ResyncReason::SlowConsumer,
+        Resync::FutureSequence => ResyncReason::FutureSequence,
+    }
 }

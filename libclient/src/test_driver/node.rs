@@ -160,6 +160,28 @@ pub struct NetworkRecord {
     pub autostart: bool,
 }
 
+impl NetworkRecord {
+    /// The summary the API returns.
+    pub fn summary(&self) -> Network {
+        Network {
+            name: self.name.clone(),
+            uuid: self.uuid.clone(),
+            active: self.active,
+            persistent: self.persistent,
+            autostart: self.autostart,
+            bridge_name: self.bridge.clone(),
+        }
+    }
+
+    /// Who it is, for events.
+    pub fn identity(&self) -> NetworkIdentity {
+        NetworkIdentity {
+            name: self.name.clone(),
+            uuid: self.uuid.clone(),
+        }
+    }
+}
+
 /// One storage pool.
 #[derive(Debug, Clone)]
 pub struct PoolRecord {
@@ -175,6 +197,112 @@ pub struct PoolRecord {
     pub persistent: bool,
     /// Autostart.
     pub autostart: bool,
+    /// The `type` attribute: `dir`, `fs`, `logical`, ...
+    pub pool_type: String,
+    /// `<target><path>`, where volume paths start.
+    pub target_path: String,
+    /// The volumes, by name.
+    pub volumes: BTreeMap<String, VolumeRecord>,
+}
+
+/// libvirt's test driver gives every pool this capacity (100 GiB); allocation is the sum of
+/// its volumes' allocations.
+pub const POOL_CAPACITY: u64 = 100 * 1024 * 1024 * 1024;
+
+impl PoolRecord {
+    /// Bytes allocated by the pool's volumes.
+    pub fn allocation(&self) -> u64 {
+        self.volumes.values().map(|v| v.allocation).sum()
+    }
+
+    /// The summary the API returns.
+    pub fn summary(&self) -> StoragePool {
+        StoragePool {
+            name: self.name.clone(),
+            uuid: self.uuid.clone(),
+            active: self.active,
+            persistent: self.persistent,
+            autostart: self.autostart,
+            r#type: self.pool_type.clone(),
+            state: if self.active {
+                StoragePoolState::Running
+            } else {
+                StoragePoolState::Inactive
+            } as i32,
+        }
+    }
+
+    /// Who it is, for events.
+    pub fn identity(&self) -> StoragePoolIdentity {
+        StoragePoolIdentity {
+            name: self.name.clone(),
+            uuid: self.uuid.clone(),
+        }
+    }
+}
+
+/// One storage volume, its data held in memory.
+#[derive(Debug, Clone, Default)]
+pub struct VolumeRecord {
+    /// Name, unique in its pool.
+    pub name: String,
+    /// Key, unique on the host: the path, as libvirt's test driver makes it.
+    pub key: String,
+    /// `<pool path>/<name>`.
+    pub path: String,
+    /// What the guest sees, in bytes.
+    pub capacity: u64,
+    /// What the host uses, in bytes.
+    pub allocation: u64,
+    /// `<target><format type=...>`, `raw` when absent.
+    pub format: String,
+    /// The data written so far; everything past its end reads as zeros.
+    pub data: Vec<u8>,
+}
+
+/// One secret.
+#[derive(Debug, Clone)]
+pub struct SecretRecord {
+    /// UUID, canonical.
+    pub uuid: String,
+    /// What it is for.
+    pub usage_type: SecretUsageType,
+    /// The usage id: volume path, Ceph or TLS name, iSCSI target; empty for none.
+    pub usage_id: String,
+    /// Kept in memory only.
+    pub ephemeral: bool,
+    /// Value never returned to clients.
+    pub private: bool,
+    /// `<description>`.
+    pub description: String,
+    /// The definition as XML (with the UUID filled in).
+    pub xml: String,
+    /// The value, once set.
+    pub value: Option<Vec<u8>>,
+}
+
+impl SecretRecord {
+    /// The summary the API returns.
+    pub fn summary(&self) -> Secret {
+        Secret {
+            uuid: self.uuid.clone(),
+            usage_type: self.usage_type as i32,
+            usage_id: self.usage_id.clone(),
+            ephemeral: self.ephemeral,
+            private: self.private,
+            description: self.description.clone(),
+            has_value: self.value.is_some(),
+        }
+    }
+
+    /// Who it is, for events.
+    pub fn identity(&self) -> SecretIdentity {
+        SecretIdentity {
+            uuid: self.uuid.clone(),
+            usage_type: self.usage_type as i32,
+            usage_id: self.usage_id.clone(),
+        }
+    }
 }
 
 /// What the test driver holds.
@@ -186,6 +314,8 @@ pub struct Objects {
     pub networks: BTreeMap<String, NetworkRecord>,
     /// Pools by name.
     pub pools: BTreeMap<String, PoolRecord>,
+    /// Secrets by UUID.
+    pub secrets: BTreeMap<String, SecretRecord>,
     /// The next domain id.
     pub next_id: i32,
 }
@@ -193,15 +323,30 @@ pub struct Objects {
 /// A domain event before it is sequenced.
 pub type DomainEventData = (DomainIdentity, domain_event::Event);
 
+/// A network event before it is sequenced.
+pub type NetworkEventData = (NetworkIdentity, network_event::Event);
+
+/// A storage pool event before it is sequenced.
+pub type PoolEventData = (StoragePoolIdentity, storage_pool_event::Event);
+
+/// A secret event before it is sequenced.
+pub type SecretEventData = (SecretIdentity, secret_event::Event);
+
 /// The state of one test driver instance.
 #[derive(Debug)]
 pub struct TestState {
     objects: Mutex<Objects>,
     /// Domain events.
     pub domain_events: EventLog<DomainEventData>,
+    /// Network events.
+    pub network_events: EventLog<NetworkEventData>,
+    /// Storage pool events.
+    pub pool_events: EventLog<PoolEventData>,
+    /// Secret events.
+    pub secret_events: EventLog<SecretEventData>,
 }
 
-fn xml_error(message: impl Into<String>) -> Status {
+pub(crate) fn xml_error(message: impl Into<String>) -> Status {
     status(ErrorCode::XmlError, ErrorDomain::Test, message)
 }
 
@@ -242,39 +387,26 @@ impl TestState {
                     objects.domains.insert(record.name.clone(), record);
                 }
                 "network" => {
-                    let fields = simple_fields(&raw)?;
-                    let name = fields
-                        .text("name")
-                        .ok_or_else(|| xml_error("A <network> has no <name>"))?;
-                    objects.networks.insert(
-                        name.clone(),
-                        NetworkRecord {
-                            uuid: fields.text("uuid").unwrap_or_else(rvirt_uuid),
-                            bridge: fields.attr("bridge", "name").unwrap_or_default(),
-                            name,
-                            xml: raw,
-                            active: true,
-                            persistent: true,
-                            autostart: false,
-                        },
-                    );
+                    let mut record = super::network::parse_network(&raw)?;
+                    record.active = true;
+                    record.persistent = true;
+                    objects.networks.insert(record.name.clone(), record);
                 }
                 "pool" => {
-                    let fields = simple_fields(&raw)?;
-                    let name = fields
-                        .text("name")
-                        .ok_or_else(|| xml_error("A <pool> has no <name>"))?;
-                    objects.pools.insert(
-                        name.clone(),
-                        PoolRecord {
-                            uuid: fields.text("uuid").unwrap_or_else(rvirt_uuid),
-                            name,
-                            xml: raw,
-                            active: true,
-                            persistent: true,
-                            autostart: false,
-                        },
-                    );
+                    let mut record = super::storage::parse_pool(&raw)?;
+                    record.active = true;
+                    record.persistent = true;
+                    for (child, vol_raw) in top_level_children(&raw, "pool")? {
+                        if child == "volume" {
+                            let volume = super::storage::parse_volume(&vol_raw, &record)?;
+                            record.volumes.insert(volume.name.clone(), volume);
+                        }
+                    }
+                    objects.pools.insert(record.name.clone(), record);
+                }
+                "secret" => {
+                    let record = super::secret::parse_secret(&raw)?;
+                    objects.secrets.insert(record.uuid.clone(), record);
                 }
                 // Host interfaces, node devices and host descriptions are not modelled.
                 _ => {}
@@ -283,6 +415,9 @@ impl TestState {
         Ok(TestState {
             objects: Mutex::new(objects),
             domain_events: EventLog::new(1024),
+            network_events: EventLog::new(1024),
+            pool_events: EventLog::new(1024),
+            secret_events: EventLog::new(1024),
         })
     }
 
@@ -292,10 +427,6 @@ impl TestState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-}
-
-fn rvirt_uuid() -> String {
-    uuid_v4()
 }
 
 /// A random UUID (version 4) in lower-case hyphenated form.
@@ -345,7 +476,7 @@ pub fn canonical_uuid(text: &str) -> Option<String> {
 }
 
 /// The raw XML of each top-level child of `root`, with its element name.
-fn top_level_children(text: &str, root: &str) -> Result<Vec<(String, String)>, Status> {
+pub(crate) fn top_level_children(text: &str, root: &str) -> Result<Vec<(String, String)>, Status> {
     let mut reader = quick_xml::Reader::from_str(text);
     let mut out = Vec::new();
     let mut depth = 0usize;
@@ -459,6 +590,13 @@ fn simple_fields(text: &str) -> Result<SimpleFields, Status> {
                     last.2.push_str(&text);
                 }
             }
+            // Entity references arrive as their own events: `a&amp;b` is three.
+            Ok(Event::GeneralRef(r)) if depth == 2 => {
+                let text = resolve_entity(&r)?;
+                if let Some(last) = fields.children.last_mut() {
+                    last.2.push_str(&text);
+                }
+            }
             Ok(Event::End(_)) => depth = depth.saturating_sub(1),
             Ok(Event::Eof) => break,
             Ok(_) => {}
@@ -469,7 +607,7 @@ fn simple_fields(text: &str) -> Result<SimpleFields, Status> {
 }
 
 /// A memory size with libvirt's `unit` attribute, in KiB.
-fn kib(value: &str, unit: Option<&str>, what: &str) -> Result<u64, Status> {
+pub(crate) fn kib(value: &str, unit: Option<&str>, what: &str) -> Result<u64, Status> {
     let n: u64 = value
         .trim()
         .parse()
@@ -565,6 +703,176 @@ pub fn parse_domain(xml: &str) -> Result<DomainRecord, Status> {
     })
 }
 
+/// An XML element read leniently: name, attributes, text and child elements. The test driver's
+/// network, pool, volume and secret readers use it until the strict models of `rvirt_conf`
+/// replace them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct XmlNode {
+    /// Element name.
+    pub name: String,
+    /// Attributes in document order.
+    pub attrs: Vec<(String, String)>,
+    /// The element's own text, concatenated.
+    pub text: String,
+    /// Child elements in document order.
+    pub children: Vec<XmlNode>,
+}
+
+impl XmlNode {
+    /// Parses a document and returns its root element.
+    pub fn parse(text: &str) -> Result<XmlNode, Status> {
+        let mut reader = quick_xml::Reader::from_str(text);
+        let mut stack: Vec<XmlNode> = Vec::new();
+        let mut root: Option<XmlNode> = None;
+        loop {
+            match reader.read_event() {
+                Ok(Event::Start(e)) => stack.push(XmlNode {
+                    name: e.name().0.to_owned(),
+                    attrs: attrs_of(&e)?,
+                    ..XmlNode::default()
+                }),
+                Ok(Event::Empty(e)) => {
+                    let node = XmlNode {
+                        name: e.name().0.to_owned(),
+                        attrs: attrs_of(&e)?,
+                        ..XmlNode::default()
+                    };
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(node),
+                        None if root.is_none() => root = Some(node),
+                        None => return Err(xml_error("The XML has more than one root element")),
+                    }
+                }
+                Ok(Event::Text(t)) => {
+                    if let Some(node) = stack.last_mut() {
+                        node.text
+                            .push_str(&t.xml_content(quick_xml::XmlVersion::Implicit1_0));
+                    }
+                }
+                Ok(Event::GeneralRef(r)) => {
+                    if let Some(node) = stack.last_mut() {
+                        node.text.push_str(&resolve_entity(&r)?);
+                    }
+                }
+                Ok(Event::CData(c)) => {
+                    if let Some(node) = stack.last_mut() {
+                        node.text.push_str(&c);
+                    }
+                }
+                Ok(Event::End(_)) => {
+                    let Some(node) = stack.pop() else {
+                        return Err(xml_error("The XML closes an element it never opened"));
+                    };
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(node),
+                        None if root.is_none() => root = Some(node),
+                        None => return Err(xml_error("The XML has more than one root element")),
+                    }
+                }
+                Ok(Event::Eof) => break,
+                Ok(_) => {}
+                Err(e) => return Err(xml_error(format!("The XML is not well-formed: {e}"))),
+            }
+        }
+        if !stack.is_empty() {
+            return Err(xml_error("The XML ends before its root element is closed"));
+        }
+        root.ok_or_else(|| xml_error("The XML document is empty"))
+    }
+
+    /// An attribute's value.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first child element with this name.
+    pub fn child(&self, name: &str) -> Option<&XmlNode> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    /// The trimmed text of the element at `path` below this one.
+    pub fn text_at(&self, path: &[&str]) -> Option<String> {
+        let mut node = self;
+        for name in path {
+            node = node.child(name)?;
+        }
+        Some(node.text.trim().to_owned())
+    }
+}
+
+/// The text an entity reference (`amp`, `#x41`, ...) stands for.
+fn resolve_entity(name: &str) -> Result<String, Status> {
+    let text = match name {
+        "lt" => "<".to_owned(),
+        "gt" => ">".to_owned(),
+        "amp" => "&".to_owned(),
+        "apos" => "'".to_owned(),
+        "quot" => "\"".to_owned(),
+        other => other
+            .strip_prefix("#x")
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .or_else(|| other.strip_prefix('#').and_then(|d| d.parse().ok()))
+            .and_then(char::from_u32)
+            .map(String::from)
+            .ok_or_else(|| xml_error(format!("Unknown entity &{other};")))?,
+    };
+    Ok(text)
+}
+
+/// A size with libvirt's `unit` attribute (storage XML: bytes when absent), in bytes.
+pub fn bytes_with_unit(value: &str, unit: Option<&str>, what: &str) -> Result<u64, Status> {
+    let n: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| xml_error(format!("<{what}> {value:?} is not a number")))?;
+    let per_unit: u64 = match unit.unwrap_or("bytes") {
+        "b" | "B" | "bytes" => 1,
+        "KB" => 1000,
+        "k" | "K" | "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "m" | "M" | "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "g" | "G" | "GiB" => 1 << 30,
+        "TB" => 1_000_000_000_000,
+        "t" | "T" | "TiB" => 1 << 40,
+        "PB" => 1_000_000_000_000_000,
+        "p" | "P" | "PiB" => 1 << 50,
+        "EB" => 1_000_000_000_000_000_000,
+        "e" | "E" | "EiB" => 1 << 60,
+        other => return Err(xml_error(format!("<{what}> has an unknown unit {other:?}"))),
+    };
+    n.checked_mul(per_unit)
+        .ok_or_else(|| xml_error(format!("<{what}> is too large")))
+}
+
+/// Inserts `<uuid>` after `<name>` in a definition that has none, as libvirt's formatter would
+/// show it.
+pub fn insert_uuid(xml: &str, uuid: &str) -> String {
+    let mut xml = xml.trim().to_owned();
+    match xml.find("</name>") {
+        Some(pos) => xml.insert_str(pos + "</name>".len(), &format!("\n  <uuid>{uuid}</uuid>")),
+        None => {
+            // No <name> (secrets): right after the root element's start tag.
+            let start = xml.find('<').unwrap_or(0);
+            if let Some(end) = xml[start..].find('>').map(|e| e + start) {
+                if xml[..end].ends_with('/') {
+                    let root: String = xml[start + 1..end - 1]
+                        .chars()
+                        .take_while(|c| !c.is_whitespace() && *c != '/')
+                        .collect();
+                    xml.replace_range(end - 1..=end, &format!(">\n  <uuid>{uuid}</uuid>\n</{root}>"));
+                } else {
+                    xml.insert_str(end + 1, &format!("\n  <uuid>{uuid}</uuid>"));
+                }
+            }
+        }
+    }
+    xml
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -597,6 +905,13 @@ mod tests {
         );
         assert!(canonical_uuid(&d.uuid).is_some());
         assert!(d.xml.contains(&d.uuid));
+    }
+
+    #[test]
+    fn domain_parse_keeps_entities_in_names() {
+        let d = parse_domain("<domain type='test'><name>a&amp;b&#x43;</name><memory>1</memory></domain>")
+            .expect("parse");
+        assert_eq!(d.name, "a&bC");
     }
 
     #[test]
