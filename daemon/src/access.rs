@@ -15,6 +15,92 @@ use crate::listen::SocketKind;
 
 const ADMIN_SERVICE: &str = "rvirt.v1.AdminService";
 
+/// Metadata with which a proxy (virtproxyd) forwards its caller's user id to a backend.
+pub const CALLER_UID_METADATA: &str = "rvirt-caller-uid";
+/// Metadata with the forwarded caller's primary group id.
+pub const CALLER_GID_METADATA: &str = "rvirt-caller-gid";
+/// Metadata with the forwarded caller's process id (optional).
+pub const CALLER_PID_METADATA: &str = "rvirt-caller-pid";
+/// Metadata with the forwarded caller's supplementary groups, comma-separated (optional).
+pub const CALLER_GROUPS_METADATA: &str = "rvirt-caller-groups";
+
+/// The identity a call is made for when the connection's peer forwards its own caller's in
+/// `rvirt-caller-*` metadata, as virtproxyd does (the backend sees the proxy over SO_PEERCRED).
+///
+/// Forwarded identity is honoured only from a privileged peer (root or the daemon's own user,
+/// which may make every call anyway), so it can only lower privilege, never raise it; from any
+/// other peer it is ignored (`Ok(None)`) and the peer's own identity counts. The connection's
+/// socket (read-only or not) always stays the peer's. Malformed metadata from a privileged peer
+/// refuses the call rather than falling back to the peer's privilege.
+pub fn forwarded_caller(
+    headers: &http::HeaderMap,
+    peer: &ClientInfo,
+    policy: &AccessPolicy,
+) -> Result<Option<ClientInfo>, tonic::Status> {
+    let Some(uid) = headers.get(CALLER_UID_METADATA) else {
+        return Ok(None);
+    };
+    if !policy.is_privileged(peer) {
+        tracing::debug!(
+            uid = peer.uid,
+            "ignoring forwarded identity from an unprivileged peer"
+        );
+        return Ok(None);
+    }
+    let malformed = |what: &str| {
+        status(
+            ErrorCode::AccessDenied,
+            ErrorDomain::Access,
+            format!("The forwarded caller identity has a malformed {what}, so the call is refused"),
+        )
+    };
+    let number = |value: &http::HeaderValue, what: &str| {
+        value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .ok_or_else(|| malformed(what))
+    };
+    let uid = number(uid, CALLER_UID_METADATA)?;
+    let gid = number(
+        headers
+            .get(CALLER_GID_METADATA)
+            .ok_or_else(|| malformed(CALLER_GID_METADATA))?,
+        CALLER_GID_METADATA,
+    )?;
+    let pid = match headers.get(CALLER_PID_METADATA) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<i32>().ok())
+                .ok_or_else(|| malformed(CALLER_PID_METADATA))?,
+        ),
+        None => None,
+    };
+    let groups = match headers.get(CALLER_GROUPS_METADATA) {
+        Some(value) => value
+            .to_str()
+            .map_err(|_| malformed(CALLER_GROUPS_METADATA))?
+            .split(',')
+            .filter(|g| !g.trim().is_empty())
+            .map(|g| {
+                g.trim()
+                    .parse::<u32>()
+                    .map_err(|_| malformed(CALLER_GROUPS_METADATA))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    Ok(Some(ClientInfo {
+        uid,
+        gid,
+        groups,
+        pid,
+        ..peer.clone()
+    }))
+}
+
 /// Services outside the rvirt contract that every socket serves to anyone: health and reflection.
 fn is_public_infrastructure(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/")
@@ -169,7 +255,19 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
+        let forwarded = match req.extensions().get::<ClientInfo>() {
+            Some(peer) => forwarded_caller(req.headers(), peer, &self.policy),
+            None => Ok(None),
+        };
+        let forwarded = match forwarded {
+            Ok(forwarded) => forwarded,
+            Err(refused) => return Box::pin(std::future::ready(Ok(refused.into_http()))),
+        };
+        if let Some(caller) = forwarded {
+            // Handlers see the caller the proxy forwarded, not the proxy.
+            req.extensions_mut().insert(caller);
+        }
         let verdict = match req.extensions().get::<ClientInfo>() {
             Some(caller) => check(req.uri().path(), caller.socket, caller, &self.policy),
             None => Err(status(
@@ -331,6 +429,77 @@ mod tests {
         assert_eq!(
             code(check(host, SocketKind::Admin, &admin, &ROOT_DAEMON)),
             ErrorCode::OperationUnsupported
+        );
+    }
+
+    fn forwarded(uid: &'static str, gid: &'static str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(CALLER_UID_METADATA, http::HeaderValue::from_static(uid));
+        headers.insert(CALLER_GID_METADATA, http::HeaderValue::from_static(gid));
+        headers
+    }
+
+    #[test]
+    fn a_privileged_peer_forwards_a_lesser_caller() {
+        let proxy = caller(0, SocketKind::ReadWrite);
+        let mut headers = forwarded("1000", "100");
+        headers.insert(CALLER_PID_METADATA, http::HeaderValue::from_static("4242"));
+        headers.insert(CALLER_GROUPS_METADATA, http::HeaderValue::from_static("27,107"));
+        let user = forwarded_caller(&headers, &proxy, &ROOT_DAEMON)
+            .expect("well formed")
+            .expect("honoured from root");
+        assert_eq!((user.uid, user.gid, user.pid), (1000, 100, Some(4242)));
+        assert_eq!(user.groups, vec![27, 107]);
+        assert_eq!(user.socket, SocketKind::ReadWrite);
+        assert_eq!(
+            code(check(START, user.socket, &user, &ROOT_DAEMON)),
+            ErrorCode::AccessDenied
+        );
+    }
+
+    #[test]
+    fn an_unprivileged_peer_cannot_claim_another_identity() {
+        let user = caller(1000, SocketKind::ReadWrite);
+        let claimed = forwarded_caller(&forwarded("0", "0"), &user, &ROOT_DAEMON).expect("ignored");
+        assert_eq!(claimed, None);
+    }
+
+    #[test]
+    fn the_daemons_own_user_may_forward_too() {
+        let session = AccessPolicy {
+            daemon_uid: 1000,
+            write_group: None,
+        };
+        let proxy = caller(1000, SocketKind::ReadWrite);
+        let other = forwarded_caller(&forwarded("1001", "1001"), &proxy, &session)
+            .expect("well formed")
+            .expect("honoured from the daemon's user");
+        assert_eq!(other.uid, 1001);
+        assert_eq!(
+            code(check(SECRET, other.socket, &other, &session)),
+            ErrorCode::AccessDenied
+        );
+    }
+
+    #[test]
+    fn malformed_forwarded_identity_is_refused_not_ignored() {
+        let proxy = caller(0, SocketKind::ReadWrite);
+        let err = forwarded_caller(&forwarded("root", "0"), &proxy, &ROOT_DAEMON).expect_err("malformed uid");
+        assert_eq!(from_status(&err).code(), ErrorCode::AccessDenied);
+        let mut no_gid = http::HeaderMap::new();
+        no_gid.insert(CALLER_UID_METADATA, http::HeaderValue::from_static("1000"));
+        assert!(forwarded_caller(&no_gid, &proxy, &ROOT_DAEMON).is_err());
+    }
+
+    #[test]
+    fn a_forwarded_read_only_caller_stays_read_only() {
+        let proxy = caller(0, SocketKind::ReadOnly);
+        let user = forwarded_caller(&forwarded("0", "0"), &proxy, &ROOT_DAEMON)
+            .expect("well formed")
+            .expect("honoured");
+        assert_eq!(
+            code(check(START, user.socket, &user, &ROOT_DAEMON)),
+            ErrorCode::OperationDenied
         );
     }
 

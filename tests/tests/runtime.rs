@@ -43,24 +43,39 @@ async fn every_daemon_starts_answers_and_stops_on_sigterm() {
         assert_eq!(mode_of(&admin), 0o600, "{daemon} admin socket");
 
         let mut host = HostServiceClient::new(channel(&rw).await);
-        let version = host
-            .get_version(GetVersionRequest {})
-            .await
-            .expect("GetVersion")
-            .into_inner();
-        assert_eq!(
-            version.library_version_string,
-            env!("CARGO_PKG_VERSION"),
-            "{daemon}"
-        );
-        assert_eq!(version.libvirt_api_version, 11_003_000);
-        let info = host
-            .get_connection_info(GetConnectionInfoRequest {})
-            .await
-            .expect("info")
-            .into_inner();
-        assert_eq!(info.daemon, daemon);
-        assert_eq!(info.pid, Some(std::process::id()));
+        if daemon == "virtproxyd" {
+            // The proxy routes host calls by URI: the in-process test driver answers this one.
+            let mut request = tonic::Request::new(GetTypeRequest {});
+            request.metadata_mut().insert(
+                rvirt_proto::URI_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static("test:///default"),
+            );
+            let reply = host
+                .get_type(request)
+                .await
+                .expect("GetType through the proxy")
+                .into_inner();
+            assert_eq!(reply.r#type, "TEST");
+        } else {
+            let version = host
+                .get_version(GetVersionRequest {})
+                .await
+                .expect("GetVersion")
+                .into_inner();
+            assert_eq!(
+                version.library_version_string,
+                env!("CARGO_PKG_VERSION"),
+                "{daemon}"
+            );
+            assert_eq!(version.libvirt_api_version, 11_003_000);
+            let info = host
+                .get_connection_info(GetConnectionInfoRequest {})
+                .await
+                .expect("info")
+                .into_inner();
+            assert_eq!(info.daemon, daemon);
+            assert_eq!(info.pid, Some(std::process::id()));
+        }
 
         let mut admin_client = AdminServiceClient::new(channel(&admin).await);
         let server = admin_client

@@ -1,13 +1,21 @@
-//! `virtproxyd`: The rvirt proxy daemon, which routes calls by connection URI.
+//! `virtproxyd`: the rvirt proxy daemon, which routes calls by connection URI.
 //!
-//! It runs on the shared runtime (`rvirt-daemon`): sockets, access checks, the admin service,
-//! health and reflection. Until its driver for routing by connection URI lands it serves the generic host service
-//! only.
+//! It runs on the shared runtime (`rvirt-daemon`): sockets (`rvirt-sock`, `rvirt-sock-ro`,
+//! `rvirt-admin-sock`), the access check on the real caller, the admin service, health and
+//! reflection. Its driver serves one forwarding service per routed gRPC service (Host, Domain,
+//! Network, StoragePool, StorageVol, Secret): each call goes, undecoded, to the daemon that owns
+//! the pair (URI driver, service) in [`rvirt::route`]'s table, or to the in-process test driver
+//! for `test:///` URIs. See [`forward`] and `docs/proxy.md`.
 
+pub mod forward;
+
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use rvirt_daemon::host::{DriverIdentity, HostOnlyDriver};
-use rvirt_daemon::{DaemonContext, DaemonSpec};
+use rvirt_daemon::{DaemonContext, DaemonSpec, Driver, ServiceSet};
+
+pub use forward::Forwarder;
 
 /// What this daemon is.
 pub const SPEC: DaemonSpec = DaemonSpec {
@@ -18,12 +26,90 @@ pub const SPEC: DaemonSpec = DaemonSpec {
 };
 
 /// Builds the daemon's driver.
-pub async fn init(ctx: Arc<DaemonContext>) -> Result<HostOnlyDriver, String> {
-    Ok(HostOnlyDriver::new(
-        ctx,
-        DriverIdentity {
-            driver_type: "proxy",
-            uri_scheme: "proxy",
-        },
-    ))
+pub async fn init(ctx: Arc<DaemonContext>) -> Result<ProxyDriver, String> {
+    let default_uri = forward::default_uri(ctx.mode)?;
+    Ok(ProxyDriver {
+        forwarder: Forwarder::new(default_uri),
+    })
+}
+
+/// The proxy's driver: the forwarding services.
+#[derive(Debug)]
+pub struct ProxyDriver {
+    forwarder: Forwarder,
+}
+
+impl Driver for ProxyDriver {
+    fn services(&self) -> ServiceSet {
+        let f = &self.forwarder;
+        ServiceSet::new()
+            .with(HostProxy(f.clone()))
+            .with(DomainProxy(f.clone()))
+            .with(NetworkProxy(f.clone()))
+            .with(StoragePoolProxy(f.clone()))
+            .with(StorageVolProxy(f.clone()))
+            .with(SecretProxy(f.clone()))
+    }
+}
+
+/// Declares a forwarding service under a gRPC service name: the runtime's router dispatches by
+/// name, and every name shares the one [`Forwarder`].
+macro_rules! proxy_service {
+    ($(#[$doc:meta] $ty:ident => $name:literal,)*) => {$(
+        #[$doc]
+        #[derive(Debug, Clone)]
+        pub struct $ty(pub Forwarder);
+
+        impl tonic::server::NamedService for $ty {
+            const NAME: &'static str = $name;
+        }
+
+        impl tower::Service<http::Request<tonic::body::Body>> for $ty {
+            type Response = http::Response<tonic::body::Body>;
+            type Error = Infallible;
+            type Future = forward::ForwardFuture;
+
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
+
+            fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+                self.0.forward($name, request)
+            }
+        }
+    )*};
+}
+
+proxy_service! {
+    /// Forwards `rvirt.v1.HostService`.
+    HostProxy => "rvirt.v1.HostService",
+    /// Forwards `rvirt.v1.DomainService`.
+    DomainProxy => "rvirt.v1.DomainService",
+    /// Forwards `rvirt.v1.NetworkService`.
+    NetworkProxy => "rvirt.v1.NetworkService",
+    /// Forwards `rvirt.v1.StoragePoolService`.
+    StoragePoolProxy => "rvirt.v1.StoragePoolService",
+    /// Forwards `rvirt.v1.StorageVolService`.
+    StorageVolProxy => "rvirt.v1.StorageVolService",
+    /// Forwards `rvirt.v1.SecretService`.
+    SecretProxy => "rvirt.v1.SecretService",
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::server::NamedService as _;
+
+    #[test]
+    fn every_routed_service_has_a_forwarding_service() {
+        let names = [
+            HostProxy::NAME,
+            DomainProxy::NAME,
+            NetworkProxy::NAME,
+            StoragePoolProxy::NAME,
+            StorageVolProxy::NAME,
+            SecretProxy::NAME,
+        ];
+        assert_eq!(names.as_slice(), rvirt::route::SERVICES);
+    }
 }

@@ -1,0 +1,249 @@
+//! `proxy-bench`: the no-op round trip (`HostService.GetType`) direct to virtsecretd and through
+//! virtproxyd, p50/p99 and calls/s with 1 and 8 concurrent clients.
+//!
+//! It starts the real `virtsecretd` and `virtproxyd` binaries (from the directory this binary is
+//! in, or `RVIRT_BIN_DIR`) in a temporary `RVIRT_ROOT`, waits for their readiness notification,
+//! and prints a table. Build everything in release mode first:
+//!
+//! ```text
+//! cargo build --release -p virtsecretd -p virtproxyd && target/release/proxy-bench [--calls N]
+//! ```
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use rvirt_proto::v1::GetTypeRequest;
+use rvirt_proto::v1::host_service_client::HostServiceClient;
+use tonic::transport::Channel;
+
+const WARMUP: usize = 500;
+
+/// A daemon this benchmark started; killed when dropped.
+struct Daemon {
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bin_dir() -> Result<PathBuf, String> {
+    if let Some(dir) = std::env::var_os("RVIRT_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    exe.parent()
+        .map(Path::to_path_buf)
+        .ok_or_else(|| "this binary has no directory".to_owned())
+}
+
+fn start(name: &str, root: &Path) -> Result<Daemon, String> {
+    let program = bin_dir()?.join(name);
+    let notify_path = root.join(format!("notify-{name}"));
+    let notify = UnixDatagram::bind(&notify_path).map_err(|e| format!("notify socket: {e}"))?;
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| format!("notify socket: {e}"))?;
+    let child = Command::new(&program)
+        .env("RVIRT_ROOT", root)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("RVIRT_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e} (build it first)", program.display()))?;
+    let daemon = Daemon { child };
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = notify
+            .recv(&mut buf)
+            .map_err(|e| format!("{name} did not notify readiness: {e}"))?;
+        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+            return Ok(daemon);
+        }
+    }
+}
+
+/// One measured configuration.
+struct Row {
+    path: &'static str,
+    clients: usize,
+    p50: Duration,
+    p99: Duration,
+    rate: f64,
+    /// CPU time per call of the daemon and of the proxy (when the row goes through it).
+    cpu: [Option<Duration>; 2],
+}
+
+/// The CPU time (user + system) process `pid` has used, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `after_name` starts at field 3.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|t| *t > 0)?;
+    Some(Duration::from_micros(ticks * 1_000_000 / per_second))
+}
+
+async fn one_client(
+    channel: Channel,
+    uri: Option<&'static str>,
+    calls: usize,
+) -> Result<Vec<Duration>, String> {
+    let mut client = HostServiceClient::new(channel);
+    let request = || {
+        let mut request = tonic::Request::new(GetTypeRequest {});
+        if let Some(uri) = uri {
+            request.metadata_mut().insert(
+                rvirt_proto::URI_METADATA_KEY,
+                tonic::metadata::MetadataValue::from_static(uri),
+            );
+        }
+        request
+    };
+    for _ in 0..WARMUP {
+        client
+            .get_type(request())
+            .await
+            .map_err(|e| format!("warm-up call failed: {}", e.message()))?;
+    }
+    let mut latencies = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let start = Instant::now();
+        client
+            .get_type(request())
+            .await
+            .map_err(|e| format!("call failed: {}", e.message()))?;
+        latencies.push(start.elapsed());
+    }
+    Ok(latencies)
+}
+
+async fn measure(
+    path: &'static str,
+    socket: &Path,
+    uri: Option<&'static str>,
+    clients: usize,
+    calls: usize,
+    pids: [Option<u32>; 2],
+) -> Result<Row, String> {
+    let mut channels = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        channels.push(
+            rvirt::transport::unix_channel(socket)
+                .await
+                .map_err(|e| format!("{e}"))?,
+        );
+    }
+    let per_client = calls.div_ceil(clients);
+    let cpu_before = pids.map(|pid| pid.and_then(cpu_time));
+    let started = Instant::now();
+    let tasks: Vec<_> = channels
+        .into_iter()
+        .map(|channel| tokio::spawn(one_client(channel, uri, per_client)))
+        .collect();
+    let mut latencies = Vec::with_capacity(per_client * clients);
+    for task in tasks {
+        latencies.extend(task.await.map_err(|e| format!("client task: {e}"))??);
+    }
+    // The warm-up is part of the elapsed time; count it in the rate too.
+    let elapsed = started.elapsed();
+    let total = (per_client + WARMUP) * clients;
+    let mut cpu = [None; 2];
+    for (i, pid) in pids.iter().enumerate() {
+        if let (Some(before), Some(after)) = (cpu_before[i], pid.and_then(cpu_time)) {
+            cpu[i] = Some(after.saturating_sub(before) / u32::try_from(total).unwrap_or(u32::MAX));
+        }
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Ok(Row {
+        path,
+        clients,
+        p50: at(0.50),
+        p99: at(0.99),
+        rate: total as f64 / elapsed.as_secs_f64(),
+        cpu,
+    })
+}
+
+fn run(calls: usize) -> Result<(), String> {
+    let root = tempfile::Builder::new()
+        .prefix("rvirt-bench-")
+        .tempdir()
+        .map_err(|e| format!("temporary root: {e}"))?;
+    let secrets = start("virtsecretd", root.path())?;
+    let proxy_daemon = start("virtproxyd", root.path())?;
+    let secrets_pid = Some(secrets.child.id());
+    let proxy_pid = Some(proxy_daemon.child.id());
+    let run_dir = root.path().join("run/rvirt");
+    let direct = run_dir.join("virtsecretd-sock");
+    let proxy = run_dir.join("rvirt-sock");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("runtime: {e}"))?;
+    let rows = runtime.block_on(async {
+        let mut rows = Vec::new();
+        for clients in [1, 8] {
+            rows.push(measure("direct", &direct, None, clients, calls, [secrets_pid, None]).await?);
+            let uri = Some("secret:///system");
+            rows.push(measure("proxy", &proxy, uri, clients, calls, [secrets_pid, proxy_pid]).await?);
+        }
+        Ok::<_, String>(rows)
+    })?;
+    println!("no-op RPC (HostService.GetType), {calls} calls per row, client on 1 tokio worker");
+    println!();
+    println!(
+        "| path | clients | p50 µs | p99 µs | p99/p50 | calls/s | daemon CPU µs/call | proxy CPU µs/call |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let cpu = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.0}", d.as_secs_f64() * 1e6));
+    for row in rows {
+        let p50 = row.p50.as_secs_f64() * 1e6;
+        let p99 = row.p99.as_secs_f64() * 1e6;
+        println!(
+            "| {} | {} | {p50:.0} | {p99:.0} | {:.2} | {:.0} | {} | {} |",
+            row.path,
+            row.clients,
+            p99 / p50,
+            row.rate,
+            cpu(row.cpu[0]),
+            cpu(row.cpu[1]),
+        );
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let mut calls = 10_000;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match (arg.as_str(), args.next().map(|v| v.parse::<usize>())) {
+            ("--calls", Some(Ok(n))) if n > 0 => calls = n,
+            _ => {
+                eprintln!("usage: proxy-bench [--calls N]");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match run(calls) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proxy-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
