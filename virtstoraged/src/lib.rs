@@ -1,13 +1,39 @@
-//! `virtstoraged`: The rvirt storage pool and volume daemon.
+//! `virtstoraged`: the rvirt storage pool and volume daemon.
 //!
-//! It runs on the shared runtime (`rvirt-daemon`): sockets, access checks, the admin service,
-//! health and reflection. Until its driver for storage pools and volumes lands it serves the generic host service
-//! only.
+//! It runs on the shared runtime (`rvirt-daemon`) and serves `StoragePoolService`,
+//! `StorageVolService` and the generic host service. The code map:
+//!
+//! - [`driver`]: pools and volumes, their persistence and events — the driver the services
+//!   adapt;
+//! - [`service`]: the gRPC adapters;
+//! - [`backend`]: what build/start/stop/delete mean for dir, fs and logical pools;
+//! - [`fsvol`]: file volumes (create with `qemu-img` leaving nothing behind on failure, probe,
+//!   resize, wipe); [`lvm`]: logical volumes;
+//! - [`qemu_img`]: pure `qemu-img` command construction and `qemu-img info` parsing;
+//! - [`stream`]: sparse-aware upload and download;
+//! - [`names`]: volume name rules; [`command`]: the seam for running host tools;
+//!   [`error`]: the error type and its gRPC mapping.
+
+pub mod backend;
+pub mod command;
+pub mod driver;
+pub mod error;
+pub mod fsvol;
+pub mod lvm;
+pub mod names;
+pub mod qemu_img;
+pub mod service;
+pub mod stream;
 
 use std::sync::Arc;
 
-use rvirt_daemon::host::{DriverIdentity, HostOnlyDriver};
-use rvirt_daemon::{DaemonContext, DaemonSpec};
+use rvirt_daemon::host::{DriverIdentity, GenericHost};
+use rvirt_daemon::{DaemonContext, DaemonSpec, ServiceSet};
+use rvirt_proto::v1::storage_pool_service_server::StoragePoolServiceServer;
+use rvirt_proto::v1::storage_vol_service_server::StorageVolServiceServer;
+
+use crate::command::HostRunner;
+use crate::driver::{DriverPaths, StorageDriver};
 
 /// What this daemon is.
 pub const SPEC: DaemonSpec = DaemonSpec {
@@ -17,13 +43,74 @@ pub const SPEC: DaemonSpec = DaemonSpec {
     about: "The rvirt storage pool and volume daemon",
 };
 
-/// Builds the daemon's driver.
-pub async fn init(ctx: Arc<DaemonContext>) -> Result<HostOnlyDriver, String> {
-    Ok(HostOnlyDriver::new(
-        ctx,
-        DriverIdentity {
-            driver_type: "storage",
-            uri_scheme: "storage",
-        },
-    ))
+/// The largest gRPC message the services accept or send: a 1 MiB data chunk plus framing.
+pub const MAX_MESSAGE: usize = 4 << 20;
+
+/// The daemon's driver: the storage driver and the host service.
+#[derive(Debug)]
+pub struct StorageDaemon {
+    ctx: Arc<DaemonContext>,
+    driver: Arc<StorageDriver>,
+}
+
+impl StorageDaemon {
+    /// The storage driver.
+    pub fn driver(&self) -> &Arc<StorageDriver> {
+        &self.driver
+    }
+}
+
+/// The storage services of `driver`, ready to serve.
+pub fn storage_services(
+    driver: &Arc<StorageDriver>,
+) -> (
+    StoragePoolServiceServer<service::PoolService>,
+    StorageVolServiceServer<service::VolService>,
+) {
+    (
+        StoragePoolServiceServer::new(service::PoolService::new(Arc::clone(driver)))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+        StorageVolServiceServer::new(service::VolService::new(Arc::clone(driver)))
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE),
+    )
+}
+
+impl rvirt_daemon::Driver for StorageDaemon {
+    fn services(&self) -> ServiceSet {
+        let (pools, vols) = storage_services(&self.driver);
+        ServiceSet::new()
+            .with(
+                GenericHost::new(
+                    Arc::clone(&self.ctx),
+                    Arc::new(DriverIdentity {
+                        driver_type: "storage",
+                        uri_scheme: "storage",
+                    }),
+                )
+                .into_server(),
+            )
+            .with(pools)
+            .with(vols)
+    }
+
+    fn shutting_down(&self) {
+        self.driver.events.close();
+    }
+}
+
+/// Builds the daemon's driver: loads definitions, recovers active pools, starts autostart
+/// pools.
+pub async fn init(ctx: Arc<DaemonContext>) -> Result<StorageDaemon, String> {
+    let paths = DriverPaths {
+        config_dir: ctx.paths.driver_config_dir.clone(),
+        state_dir: ctx.paths.driver_state_dir.clone(),
+    };
+    for dir in [&paths.config_dir, &paths.state_dir] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let driver = StorageDriver::new(paths, Arc::new(HostRunner));
+    driver.load().await;
+    Ok(StorageDaemon { ctx, driver })
 }
