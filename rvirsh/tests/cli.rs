@@ -260,25 +260,29 @@ fn dumpxml_prints_the_definition_with_the_live_id() {
 }
 
 #[test]
-fn attach_device_reports_the_driver_error_with_virshs_context() {
+fn attach_and_detach_device_change_the_definition_and_report_errors_with_virshs_context() {
     let dir = tempfile::tempdir().expect("dir");
     let file = write(
         dir.path(),
         "disk.xml",
-        "<disk type='file'><source file='/x'/><target dev='vdb'/></disk>",
+        "<disk type='file' device='disk'><source file='/x'/><target dev='vdb' bus='virtio'/></disk>",
     );
-    let r = test(&["attach-device", "test", &file]);
-    assert_eq!(r.code, 1);
-    assert!(
-        r.err
-            .starts_with(&format!("error: Failed to attach device from {file}\nerror: ")),
+    let script = format!(
+        "attach-device test {file}\ndumpxml test\ndetach-device test {file}\ndumpxml test\ndetach-device test {file}\n"
+    );
+    let r = rvirsh(&["-c", "test:///default"], Some(&script));
+    assert_eq!(r.code, 1, "the last detach fails: {}", r.err);
+    assert!(r.out.contains("Device attached successfully"), "{}", r.out);
+    assert!(r.out.contains("Device detached successfully"), "{}", r.out);
+    assert_eq!(
+        r.out.matches("dev='vdb'").count() + r.out.matches("dev=\"vdb\"").count(),
+        1,
         "{}",
-        r.err
+        r.out
     );
-    let r = test(&["detach-device", "test", &file]);
     assert!(
         r.err
-            .starts_with(&format!("error: Failed to detach device from {file}\n")),
+            .starts_with(&format!("error: Failed to detach device from {file}\nerror: ")),
         "{}",
         r.err
     );

@@ -683,6 +683,60 @@ impl DomainService for TestDomains {
         Ok(Response::new(SetDomainVcpusResponse::default()))
     }
 
+    async fn attach_domain_device(
+        &self,
+        request: Request<AttachDomainDeviceRequest>,
+    ) -> Result<Response<AttachDomainDeviceResponse>, Status> {
+        let request = request.into_inner();
+        let mut objects = self.state.lock();
+        let key = find(&objects, request.domain.as_ref())?;
+        let domain = get(&mut objects, &key)?;
+        domain.xml = super::devices::attach(&domain.xml, &request.xml)?;
+        Ok(Response::new(AttachDomainDeviceResponse::default()))
+    }
+
+    async fn detach_domain_device(
+        &self,
+        request: Request<DetachDomainDeviceRequest>,
+    ) -> Result<Response<DetachDomainDeviceResponse>, Status> {
+        let request = request.into_inner();
+        let mut objects = self.state.lock();
+        let key = find(&objects, request.domain.as_ref())?;
+        let domain = get(&mut objects, &key)?;
+        let xml = match request.device {
+            Some(detach_domain_device_request::Device::Xml(xml)) => xml,
+            Some(detach_domain_device_request::Device::Alias(_)) => {
+                return Err(status(
+                    ErrorCode::ArgumentUnsupported,
+                    ErrorDomain::Test,
+                    "The test driver detaches devices by their XML, not by alias",
+                ));
+            }
+            None => {
+                return Err(status(
+                    ErrorCode::InvalidArg,
+                    ErrorDomain::Test,
+                    "No device given: set its XML",
+                ));
+            }
+        };
+        domain.xml = super::devices::detach(&domain.xml, &xml)?;
+        Ok(Response::new(DetachDomainDeviceResponse::default()))
+    }
+
+    async fn update_domain_device(
+        &self,
+        request: Request<UpdateDomainDeviceRequest>,
+    ) -> Result<Response<UpdateDomainDeviceResponse>, Status> {
+        let request = request.into_inner();
+        let mut objects = self.state.lock();
+        let key = find(&objects, request.domain.as_ref())?;
+        let domain = get(&mut objects, &key)?;
+        let without = super::devices::detach(&domain.xml, &request.xml)?;
+        domain.xml = super::devices::attach(&without, &request.xml)?;
+        Ok(Response::new(UpdateDomainDeviceResponse::default()))
+    }
+
     async fn watch_domain_events(
         &self,
         request: Request<WatchDomainEventsRequest>,

@@ -6,6 +6,7 @@
 //! lifecycle rule applies (starting a running domain is OPERATION_INVALID, undefining a running
 //! persistent domain makes it transient, ...) and every change emits its event.
 
+mod devices;
 mod domain;
 mod host;
 mod network;
