@@ -66,6 +66,17 @@ pub enum Delivery<E> {
     },
 }
 
+impl From<Resync> for rvirt_proto::v1::ResyncReason {
+    fn from(reason: Resync) -> Self {
+        match reason {
+            Resync::TooOld => Self::TooOld,
+            Resync::EpochChanged => Self::EpochChanged,
+            Resync::SlowConsumer => Self::SlowConsumer,
+            Resync::FutureSequence => Self::FutureSequence,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Inner<E> {
     next: u64,

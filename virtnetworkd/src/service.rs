@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rvirt_daemon::events::{Delivery, Resync};
+use rvirt_daemon::events::Delivery;
 use rvirt_proto::error::to_status;
 use rvirt_proto::v1::network_service_server::NetworkService;
 use rvirt_proto::v1::*;
@@ -172,15 +172,6 @@ fn event_message(sequence: u64, epoch: &str, time: SystemTime, e: &NetworkEvent)
 
 /// The generated event message (named apart from the driver's event).
 type NetworkEvent_ = rvirt_proto::v1::NetworkEvent;
-
-fn resync_reason(r: Resync) -> ResyncReason {
-    match r {
-        Resync::TooOld => ResyncReason::TooOld,
-        Resync::EpochChanged => ResyncReason::EpochChanged,
-        Resync::SlowConsumer => ResyncReason::SlowConsumer,
-        Resync::FutureSequence => ResyncReason::FutureSequence,
-    }
-}
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<WatchNetworkEventsResponse, Status>> + Send + 'static>>;
 
@@ -472,7 +463,7 @@ impl NetworkService for NetworkServiceImpl {
                         oldest_retained_sequence,
                         current_sequence,
                     } => watch_network_events_response::Message::ResyncRequired(ResyncRequired {
-                        reason: resync_reason(reason) as i32,
+                        reason: ResyncReason::from(reason) as i32,
                         epoch,
                         requested_sequence,
                         oldest_retained_sequence,

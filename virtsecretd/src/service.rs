@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use rvirt_conf::secret::SecretUsageType;
-use rvirt_daemon::events::{Delivery, Resync};
+use rvirt_daemon::events::Delivery;
 use rvirt_proto::error::status;
 use rvirt_proto::v1::secret_service_server::{SecretService, SecretServiceServer};
 use rvirt_proto::v1::{self as pb, ErrorCode, ErrorDomain, secret_ref, watch_secret_events_response};
@@ -133,15 +133,6 @@ fn event_to_pb(
             usage_id: event.usage.as_ref().map_or_else(String::new, |u| u.id.clone()),
         }),
         event: Some(body),
-    }
-}
-
-fn resync_reason(reason: Resync) -> pb::ResyncReason {
-    match reason {
-        Resync::TooOld => pb::ResyncReason::TooOld,
-        Resync::EpochChanged => pb::ResyncReason::EpochChanged,
-        Resync::SlowConsumer => pb::ResyncReason::SlowConsumer,
-        Resync::FutureSequence => pb::ResyncReason::FutureSequence,
     }
 }
 
@@ -300,7 +291,7 @@ impl SecretService for SecretApi {
                         oldest_retained_sequence,
                         current_sequence,
                     } => watch_secret_events_response::Message::ResyncRequired(pb::ResyncRequired {
-                        reason: resync_reason(reason) as i32,
+                        reason: pb::ResyncReason::from(reason) as i32,
                         epoch,
                         requested_sequence,
                         oldest_retained_sequence,

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use rvirt_daemon::events::{Delivery, Resync};
+use rvirt_daemon::events::Delivery;
 use rvirt_proto::v1::storage_pool_service_server::StoragePoolService;
 use rvirt_proto::v1::storage_vol_service_server::StorageVolService;
 use rvirt_proto::v1::*;
@@ -292,12 +292,7 @@ impl StoragePoolService for PoolService {
                         oldest_retained_sequence,
                         current_sequence,
                     } => watch_storage_pool_events_response::Message::ResyncRequired(ResyncRequired {
-                        reason: match reason {
-                            Resync::TooOld => ResyncReason::TooOld,
-                            Resync::EpochChanged => ResyncReason::EpochChanged,
-                            Resync::SlowConsumer => ResyncReason::SlowConsumer,
-                            Resync::FutureSequence => ResyncReason::FutureSequence,
-                        } as i32,
+                        reason: ResyncReason::from(reason) as i32,
                         epoch,
                         requested_sequence,
                         oldest_retained_sequence,

@@ -12,7 +12,7 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use super::node::{DomainRecord, Objects, TestState, canonical_uuid, parse_domain};
-use crate::events::{Delivery, Resync};
+use crate::events::Delivery;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<WatchDomainEventsResponse, Status>> + Send + 'static>>;
 
@@ -789,12 +789,7 @@ impl DomainService for TestDomains {
                     oldest_retained_sequence,
                     current_sequence,
                 } => watch_domain_events_response::Message::ResyncRequired(ResyncRequired {
-                    reason: match reason {
-                        Resync::TooOld => ResyncReason::TooOld,
-                        Resync::EpochChanged => ResyncReason::EpochChanged,
-                        Resync::SlowConsumer => ResyncReason::SlowConsumer,
-                        Resync::FutureSequence => ResyncReason::FutureSequence,
-                    } as i32,
+                    reason: ResyncReason::from(reason) as i32,
                     epoch,
                     requested_sequence,
                     oldest_retained_sequence,

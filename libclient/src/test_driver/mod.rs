@@ -82,15 +82,3 @@ pub fn serve(state: Arc<TestState>) -> GrpcTransport {
         |never| -> BoxError { match never {} },
     ))
 }
-
-/// The wire form of an event log's resync reason.
-fn resync_reason(reason: crate::events::Resync) -> rvirt_proto::v1::ResyncReason {
-    use crate::events::Resync;
-    use rvirt_proto::v1::ResyncReason;
-    match reason {
-        Resync::TooOld => ResyncReason::TooOld,
-        Resync::EpochChanged => ResyncReason::EpochChanged,
-        Resync::SlowConsumer => ResyncReason::SlowConsumer,
-        Resync::FutureSequence => ResyncReason::FutureSequence,
-    }
-}

@@ -475,7 +475,7 @@ impl NetworkService for TestNetworks {
                     oldest_retained_sequence,
                     current_sequence,
                 } => watch_network_events_response::Message::ResyncRequired(ResyncRequired {
-                    reason: super::resync_reason(reason) as i32,
+                    reason: rvirt_proto::v1::ResyncReason::from(reason) as i32,
                     epoch,
                     requested_sequence,
                     oldest_retained_sequence,

@@ -430,7 +430,7 @@ impl SecretService for TestSecrets {
                     oldest_retained_sequence,
                     current_sequence,
                 } => watch_secret_events_response::Message::ResyncRequired(ResyncRequired {
-                    reason: super::resync_reason(reason) as i32,
+                    reason: rvirt_proto::v1::ResyncReason::from(reason) as i32,
                     epoch,
                     requested_sequence,
                     oldest_retained_sequence,

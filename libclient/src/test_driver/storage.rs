@@ -745,7 +745,7 @@ impl StoragePoolService for TestPools {
                     oldest_retained_sequence,
                     current_sequence,
                 } => watch_storage_pool_events_response::Message::ResyncRequired(ResyncRequired {
-                    reason: super::resync_reason(reason) as i32,
+                    reason: rvirt_proto::v1::ResyncReason::from(reason) as i32,
                     epoch,
                     requested_sequence,
                     oldest_retained_sequence,
