@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
 
 use rvirt::paths::Mode;
 use rvirt_proto::error::status;
@@ -27,14 +26,6 @@ impl AdminApi {
     }
 }
 
-fn timestamp(time: SystemTime) -> prost_types::Timestamp {
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
-
 fn listener_kind(kind: SocketKind) -> ListenerKind {
     match kind {
         SocketKind::ReadWrite => ListenerKind::ReadWrite,
@@ -48,7 +39,7 @@ fn client(info: &ClientInfo) -> Client {
         id: info.id,
         transport: ClientTransport::Unix as i32,
         socket: listener_kind(info.socket) as i32,
-        connected_at: Some(timestamp(info.connected_at)),
+        connected_at: Some(prost_types::Timestamp::from(info.connected_at)),
         uid: Some(info.uid),
         gid: Some(info.gid),
         pid: info.pid.and_then(|p| u32::try_from(p).ok()),
@@ -102,7 +93,7 @@ impl AdminService for AdminApi {
                 Mode::System => DaemonMode::System,
                 Mode::Session => DaemonMode::Session,
             } as i32,
-            started_at: Some(timestamp(ctx.started_at)),
+            started_at: Some(prost_types::Timestamp::from(ctx.started_at)),
             uptime_seconds: ctx.started_at.elapsed().map(|d| d.as_secs()).unwrap_or(0),
             worker_threads: u32_saturating(ctx.workers),
             current_clients: u32_saturating(ctx.clients.list().len()),

@@ -13,22 +13,7 @@ use crate::clients::ClientInfo;
 use crate::listen::SocketKind;
 use crate::server::DaemonContext;
 
-/// The libvirt release whose API numbers and XML formats rvirt mirrors (11.3.0).
-pub const LIBVIRT_API_VERSION: u64 = 11_003_000;
-
-/// libvirt's version encoding, `major * 1_000_000 + minor * 1_000 + micro`, of a `x.y.z` string;
-/// 0 when it is not one.
-pub fn version_number(text: &str) -> u64 {
-    let mut parts = text.split(['.', '-', '+']).map(|p| p.parse::<u64>().ok());
-    match (
-        parts.next().flatten(),
-        parts.next().flatten(),
-        parts.next().flatten(),
-    ) {
-        (Some(major), Some(minor), micro) => major * 1_000_000 + minor * 1_000 + micro.unwrap_or(0),
-        _ => 0,
-    }
-}
+pub use rvirt::host::{LIBVIRT_API_VERSION, version_number};
 
 /// What a daemon adds to the generic host service.
 #[tonic::async_trait]

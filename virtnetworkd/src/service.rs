@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use rvirt_daemon::events::Delivery;
 use rvirt_proto::error::to_status;
@@ -93,14 +93,6 @@ fn port(s: PortSummary) -> NetworkPort {
     }
 }
 
-fn timestamp(t: SystemTime) -> prost_types::Timestamp {
-    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-        nanos: i32::try_from(d.subsec_nanos()).unwrap_or(0),
-    }
-}
-
 /// A lease as the API reports it.
 pub fn lease_message(info: &LeaseInfo) -> NetworkDhcpLease {
     let l = &info.lease;
@@ -161,7 +153,7 @@ fn event_message(sequence: u64, epoch: &str, time: SystemTime, e: &NetworkEvent)
     NetworkEvent_ {
         sequence,
         epoch: epoch.to_owned(),
-        time: Some(timestamp(time)),
+        time: Some(prost_types::Timestamp::from(time)),
         network: Some(NetworkIdentity {
             name: e.name.clone(),
             uuid: e.uuid.clone(),

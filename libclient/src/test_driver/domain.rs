@@ -181,14 +181,6 @@ fn event_id(event: &domain_event::Event) -> DomainEventId {
     }
 }
 
-fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
-    let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
-
 fn live_xml(domain: &DomainRecord) -> String {
     match domain.id {
         // The live XML carries the runtime id on the root element, as libvirt's does.
@@ -770,7 +762,7 @@ impl DomainService for TestDomains {
                     watch_domain_events_response::Message::Event(DomainEvent {
                         sequence: e.sequence,
                         epoch: epoch.clone(),
-                        time: Some(timestamp(e.time)),
+                        time: Some(prost_types::Timestamp::from(e.time)),
                         domain: Some(who.clone()),
                         event: Some(event.clone()),
                     })

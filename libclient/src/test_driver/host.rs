@@ -111,16 +111,6 @@ impl TestHost {
     }
 }
 
-fn version_number(text: &str) -> u64 {
-    let mut parts = text.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
-    let (a, b, c) = (
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-        parts.next().unwrap_or(0),
-    );
-    a * 1_000_000 + b * 1_000 + c
-}
-
 #[tonic::async_trait]
 impl HostService for TestHost {
     async fn get_version(
@@ -131,9 +121,9 @@ impl HostService for TestHost {
         Ok(Response::new(GetVersionResponse {
             hypervisor_version: HYPERVISOR_VERSION,
             hypervisor_version_string: "0.0.2".into(),
-            library_version: version_number(lib),
+            library_version: crate::host::version_number(lib),
             library_version_string: lib.into(),
-            libvirt_api_version: 11_003_000,
+            libvirt_api_version: crate::host::LIBVIRT_API_VERSION,
         }))
     }
 

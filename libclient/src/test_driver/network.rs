@@ -148,14 +148,6 @@ fn matches_list_flags(n: &NetworkRecord, flags: u32) -> bool {
         && pair(F::Autostart, F::NoAutostart, n.autostart)
 }
 
-fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
-    let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
-
 #[tonic::async_trait]
 impl NetworkService for TestNetworks {
     async fn define_network_xml(
@@ -456,7 +448,7 @@ impl NetworkService for TestNetworks {
                     watch_network_events_response::Message::Event(NetworkEvent {
                         sequence: e.sequence,
                         epoch: epoch.clone(),
-                        time: Some(timestamp(e.time)),
+                        time: Some(prost_types::Timestamp::from(e.time)),
                         network: Some(who.clone()),
                         event: Some(event.clone()),
                     })

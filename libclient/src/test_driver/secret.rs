@@ -157,14 +157,6 @@ fn find(objects: &Objects, secret: Option<&SecretRef>) -> Result<String, Status>
     }
 }
 
-fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
-    let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
-
 /// The test driver's secret service.
 #[derive(Debug)]
 pub struct TestSecrets {
@@ -411,7 +403,7 @@ impl SecretService for TestSecrets {
                     watch_secret_events_response::Message::Event(SecretEvent {
                         sequence: e.sequence,
                         epoch: epoch.clone(),
-                        time: Some(timestamp(e.time)),
+                        time: Some(prost_types::Timestamp::from(e.time)),
                         secret: Some(who.clone()),
                         event: Some(*event),
                     })

@@ -365,14 +365,6 @@ fn matches_list_flags(p: &PoolRecord, flags: u32) -> bool {
         && type_ok
 }
 
-fn timestamp(time: std::time::SystemTime) -> prost_types::Timestamp {
-    let since = time.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    prost_types::Timestamp {
-        seconds: since.as_secs() as i64,
-        nanos: since.subsec_nanos() as i32,
-    }
-}
-
 /// The test driver's storage pool service.
 #[derive(Debug)]
 pub struct TestPools {
@@ -726,7 +718,7 @@ impl StoragePoolService for TestPools {
                     watch_storage_pool_events_response::Message::Event(StoragePoolEvent {
                         sequence: e.sequence,
                         epoch: epoch.clone(),
-                        time: Some(timestamp(e.time)),
+                        time: Some(prost_types::Timestamp::from(e.time)),
                         pool: Some(who.clone()),
                         event: Some(*event),
                     })
