@@ -2,6 +2,8 @@
 //! learns that they are ready from their systemd readiness notification (no sleeps, no polling),
 //! and talks to them over their real sockets.
 
+pub mod guest;
+
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};

@@ -4,10 +4,15 @@
 //! health and reflection. Its driver so far answers the host service's hypervisor calls from
 //! [`caps`] (capabilities, domain capabilities, vCPU limits, CPU models, QEMU's version). The
 //! capabilities are probed in the background when the daemon starts, so readiness never waits
-//! for QEMU. [`qmp`] is the QEMU monitor client the domain lifecycle builds on.
+//! for QEMU. [`domain`] runs domains: definitions, QEMU processes started from the command
+//! line [`command`] builds, their monitor ([`qmp`]) and lifecycle, adopted again after a
+//! restart; [`service`] serves them over gRPC.
 
 pub mod caps;
+pub mod command;
+pub mod domain;
 pub mod qmp;
+pub mod service;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,6 +20,7 @@ use std::sync::Arc;
 use rvirt_daemon::host::{GenericHost, HostBackend};
 use rvirt_daemon::{DaemonContext, DaemonSpec, Driver, ServiceSet};
 use rvirt_proto::error::status;
+use rvirt_proto::v1::domain_service_server::DomainServiceServer;
 use rvirt_proto::v1::{ErrorCode, ErrorDomain, GetDomainCapabilitiesRequest};
 use tonic::Status;
 
@@ -33,9 +39,21 @@ pub async fn init(ctx: Arc<DaemonContext>) -> Result<QemuDriver, String> {
     let config = CapsConfig::new(&ctx.paths.driver_data_dir, &ctx.paths.driver_state_dir);
     let caps = Arc::new(QemuCaps::new(config));
     caps.start_probe();
+    let paths = domain::DomainPaths::new(
+        &ctx.paths.driver_config_dir,
+        &ctx.paths.driver_state_dir,
+        &ctx.paths.driver_log_dir,
+    );
+    let domains = domain::Domains::new(
+        Arc::clone(&caps),
+        paths,
+        domain::resources::Context { mode: ctx.mode },
+    );
+    domains.init().await?;
     Ok(QemuDriver {
         ctx,
         host: Arc::new(QemuHost { caps }),
+        domains,
     })
 }
 
@@ -44,6 +62,7 @@ pub async fn init(ctx: Arc<DaemonContext>) -> Result<QemuDriver, String> {
 pub struct QemuDriver {
     ctx: Arc<DaemonContext>,
     host: Arc<QemuHost>,
+    domains: Arc<domain::Domains>,
 }
 
 impl QemuDriver {
@@ -55,7 +74,20 @@ impl QemuDriver {
 
 impl Driver for QemuDriver {
     fn services(&self) -> ServiceSet {
-        ServiceSet::new().with(GenericHost::new(Arc::clone(&self.ctx), Arc::clone(&self.host)).into_server())
+        ServiceSet::new()
+            .with(GenericHost::new(Arc::clone(&self.ctx), Arc::clone(&self.host)).into_server())
+            .with(DomainServiceServer::new(service::QemuDomainService::new(
+                Arc::clone(&self.domains),
+            )))
+    }
+
+    fn busy(&self) -> Option<String> {
+        self.domains.busy()
+    }
+
+    fn shutting_down(&self) {
+        // Running domains keep running; only the event streams end so calls can drain.
+        self.domains.events.close();
     }
 }
 

@@ -60,6 +60,13 @@ impl QmpSocket {
         &self.path
     }
 
+    /// The listening descriptor's number (for `-chardev socket,fd=N` built elsewhere, e.g. by
+    /// `QemuCommandBuilder`), until [`QmpSocket::release`]. It is close-on-exec: the caller
+    /// makes the child inherit it.
+    pub fn listener_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.listener.as_ref().map(|l| l.as_raw_fd())
+    }
+
     /// Makes `command` serve QMP on this socket: adds the `-chardev`/`-mon` arguments and lets
     /// the child inherit the listening descriptor (under the same number). Call
     /// [`QmpSocket::release`] once the child is spawned.

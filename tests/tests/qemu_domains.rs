@@ -1,0 +1,987 @@
+//! End to end: virtqemud runs real QEMU guests — the tiny boot-sector guest of
+//! `rvirt_e2e::guest` — through their whole lifecycle, over its real socket.
+//!
+//! Every test skips (with a message) when `qemu-system-x86_64` is not installed. Guests run
+//! under TCG (fast for a boot sector here); one test runs under KVM when `/dev/kvm` works. A
+//! [`Reaper`] kills every QEMU a test's daemon left running, whatever happened to the test.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rvirt_e2e::guest::{self, SerialKind, Transcript};
+use rvirt_e2e::{DaemonProcess, TestRoot, channel};
+use rvirt_proto::v1::domain_lifecycle_event::Detail;
+use rvirt_proto::v1::domain_service_client::DomainServiceClient;
+use rvirt_proto::v1::domain_state_reason::Reason;
+use rvirt_proto::v1::*;
+use tokio_stream::StreamExt as _;
+use tonic::transport::Channel;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn qemu_present() -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
+        .unwrap_or(false);
+    if !found {
+        eprintln!("skipped: qemu-system-x86_64 is not installed");
+    }
+    found
+}
+
+/// Kills the QEMU of every status file under the test's root when dropped.
+struct Reaper {
+    state_dir: PathBuf,
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(&self.state_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("status") {
+                continue;
+            }
+            if let Some(pid) = status_pid(&path) {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains("qemu") {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn status_pid(path: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value.get("pid")?.as_u64().and_then(|p| u32::try_from(p).ok())
+}
+
+struct Env {
+    root: TestRoot,
+    daemon: DaemonProcess,
+    client: DomainServiceClient<Channel>,
+    _reaper: Reaper,
+}
+
+impl Env {
+    async fn new() -> Env {
+        let root = TestRoot::new();
+        let reaper = Reaper {
+            state_dir: root.run_dir().join("qemu"),
+        };
+        let daemon = DaemonProcess::start("virtqemud", &root).await;
+        let client = DomainServiceClient::new(channel(&root.socket("virtqemud-sock")).await);
+        Env {
+            root,
+            daemon,
+            client,
+            _reaper: reaper,
+        }
+    }
+
+    async fn restart(&mut self) {
+        self.daemon = DaemonProcess::start("virtqemud", &self.root).await;
+        self.client = DomainServiceClient::new(channel(&self.root.socket("virtqemud-sock")).await);
+    }
+
+    fn disk(&self, name: &str) -> PathBuf {
+        let path = self.root.path().join(format!("{name}.img"));
+        guest::write_boot_disk(&path, name).expect("boot disk");
+        path
+    }
+
+    async fn define(&mut self, name: &str) -> Domain {
+        let disk = self.disk(name);
+        let xml = guest::domain_xml(name, &disk, "qemu", SerialKind::Pty);
+        self.client
+            .define_domain_xml(DefineDomainXmlRequest { xml, flags: 0 })
+            .await
+            .expect("define")
+            .into_inner()
+            .domain
+            .expect("domain")
+    }
+
+    async fn start(&mut self, name: &str, flags: u32) {
+        self.client
+            .start_domain(StartDomainRequest {
+                domain: Some(by_name(name)),
+                flags,
+            })
+            .await
+            .expect("start");
+    }
+
+    async fn state(&mut self, name: &str) -> (DomainState, Reason) {
+        let response = self
+            .client
+            .get_domain_state(GetDomainStateRequest {
+                domain: Some(by_name(name)),
+            })
+            .await
+            .expect("state")
+            .into_inner();
+        (
+            DomainState::try_from(response.state).expect("known state"),
+            response.reason.and_then(|r| r.reason).expect("reason"),
+        )
+    }
+
+    async fn destroy(&mut self, name: &str) {
+        self.client
+            .destroy_domain(DestroyDomainRequest {
+                domain: Some(by_name(name)),
+                flags: 0,
+            })
+            .await
+            .expect("destroy");
+    }
+
+    async fn events(&mut self) -> Events {
+        let mut stream = self
+            .client
+            .watch_domain_events(WatchDomainEventsRequest::default())
+            .await
+            .expect("watch")
+            .into_inner();
+        // Wait until the subscription is live, so no later event is missed.
+        loop {
+            let message = tokio::time::timeout(DEADLINE, stream.next())
+                .await
+                .expect("caught up in time")
+                .expect("stream open")
+                .expect("message");
+            if let Some(watch_domain_events_response::Message::CaughtUp(_)) = message.message {
+                break;
+            }
+        }
+        Events { stream }
+    }
+
+    fn qemu_pid(&self, name: &str) -> u32 {
+        status_pid(&self.root.run_dir().join("qemu").join(format!("{name}.status")))
+            .expect("status file with pid")
+    }
+}
+
+fn by_name(name: &str) -> DomainRef {
+    DomainRef {
+        key: Some(domain_ref::Key::Name(name.to_owned())),
+    }
+}
+
+struct Events {
+    stream: tonic::Streaming<WatchDomainEventsResponse>,
+}
+
+impl Events {
+    /// Waits for the next event of domain `name` matching `want`; returns every event of that
+    /// domain seen on the way.
+    async fn wait(
+        &mut self,
+        name: &str,
+        want: impl Fn(&domain_event::Event) -> bool,
+    ) -> Vec<domain_event::Event> {
+        let mut seen = Vec::new();
+        let wait = async {
+            while let Some(message) = self.stream.next().await {
+                let message = message.expect("event stream");
+                if let Some(watch_domain_events_response::Message::Event(event)) = message.message {
+                    if event.domain.as_ref().map(|d| d.name.as_str()) != Some(name) {
+                        continue;
+                    }
+                    let e = event.event.expect("event body");
+                    let done = want(&e);
+                    seen.push(e);
+                    if done {
+                        return true;
+                    }
+                }
+            }
+            false
+        };
+        let found = tokio::time::timeout(DEADLINE, wait).await.unwrap_or(false);
+        assert!(found, "expected event for {name} not seen; saw {seen:?}");
+        seen
+    }
+}
+
+fn is_lifecycle(kind: DomainEventType, detail: Detail) -> impl Fn(&domain_event::Event) -> bool {
+    move |e| {
+        matches!(e, domain_event::Event::Lifecycle(l)
+            if l.r#type == kind as i32 && l.detail == Some(detail))
+    }
+}
+
+/// A console stream opened through the API.
+struct Console {
+    input: tokio::sync::mpsc::Sender<OpenDomainConsoleRequest>,
+    output: tonic::Streaming<OpenDomainConsoleResponse>,
+    transcript: Transcript,
+    closed: Option<DomainConsoleClosed>,
+}
+
+impl Console {
+    async fn open(
+        client: &mut DomainServiceClient<Channel>,
+        name: &str,
+        flags: u32,
+    ) -> Result<Console, tonic::Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tx.send(OpenDomainConsoleRequest {
+            message: Some(open_domain_console_request::Message::Open(DomainConsoleOpen {
+                domain: Some(by_name(name)),
+                dev_name: String::new(),
+                flags,
+            })),
+        })
+        .await
+        .expect("queue open");
+        let mut output = client
+            .open_domain_console(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        let first = tokio::time::timeout(DEADLINE, output.next())
+            .await
+            .expect("opened in time")
+            .expect("stream open")?;
+        assert!(
+            matches!(
+                first.message,
+                Some(open_domain_console_response::Message::Opened(_))
+            ),
+            "first console message is Opened: {first:?}"
+        );
+        Ok(Console {
+            input: tx,
+            output,
+            transcript: Transcript::default(),
+            closed: None,
+        })
+    }
+
+    async fn send(&self, bytes: &[u8]) {
+        self.input
+            .send(OpenDomainConsoleRequest {
+                message: Some(open_domain_console_request::Message::Data(bytes.to_vec())),
+            })
+            .await
+            .expect("console input");
+    }
+
+    async fn expect(&mut self, needle: &str) -> Vec<u8> {
+        let wait = async {
+            loop {
+                if let Some(out) = self.transcript.take_through(needle.as_bytes()) {
+                    return Some(out);
+                }
+                match self.output.next().await {
+                    Some(Ok(OpenDomainConsoleResponse {
+                        message: Some(open_domain_console_response::Message::Data(data)),
+                    })) => self.transcript.push(&data),
+                    Some(Ok(OpenDomainConsoleResponse {
+                        message: Some(open_domain_console_response::Message::Closed(closed)),
+                    })) => {
+                        self.closed = Some(closed);
+                        return None;
+                    }
+                    _ => return None,
+                }
+            }
+        };
+        let out = tokio::time::timeout(DEADLINE, wait).await.ok().flatten();
+        out.unwrap_or_else(|| {
+            panic!(
+                "console: {needle:?} not received; got {:?}, closed {:?}",
+                String::from_utf8_lossy(self.transcript.pending()),
+                self.closed
+            )
+        })
+    }
+
+    /// Waits for the stream's `closed` message.
+    async fn closed(&mut self) -> DomainConsoleClosed {
+        if let Some(closed) = self.closed.take() {
+            return closed;
+        }
+        let wait = async {
+            while let Some(message) = self.output.next().await {
+                if let Ok(OpenDomainConsoleResponse {
+                    message: Some(open_domain_console_response::Message::Closed(closed)),
+                }) = message
+                {
+                    return Some(closed);
+                }
+            }
+            None
+        };
+        tokio::time::timeout(DEADLINE, wait)
+            .await
+            .ok()
+            .flatten()
+            .expect("console closed message")
+    }
+}
+
+const START_PAUSED: u32 = DomainCreateFlag::StartPaused as u32;
+
+/// Starts `name` paused, attaches a console, resumes, and waits for the guest's banner.
+async fn boot_with_console(env: &mut Env, name: &str) -> Console {
+    env.start(name, START_PAUSED).await;
+    let mut console = Console::open(&mut env.client, name, 0)
+        .await
+        .expect("console opens");
+    env.client
+        .resume_domain(ResumeDomainRequest {
+            domain: Some(by_name(name)),
+        })
+        .await
+        .expect("resume");
+    console.expect(&guest::banner_line(name)).await;
+    console
+}
+
+#[tokio::test]
+async fn a_guest_runs_through_its_whole_lifecycle() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    let mut events = env.events().await;
+    let domain = env.define("life").await;
+    assert!(domain.persistent && !domain.active);
+    events
+        .wait("life", is_lifecycle(DomainEventType::Defined, Detail::Defined(0)))
+        .await;
+
+    let mut console = boot_with_console(&mut env, "life").await;
+    events
+        .wait(
+            "life",
+            is_lifecycle(
+                DomainEventType::Started,
+                Detail::Started(DomainEventStartedDetail::Booted as i32),
+            ),
+        )
+        .await;
+    assert_eq!(
+        env.state("life").await,
+        (
+            DomainState::Running,
+            Reason::Running(DomainRunningReason::Unpaused as i32)
+        )
+    );
+    console.send(b"x").await;
+    console.expect("x").await;
+
+    env.client
+        .suspend_domain(SuspendDomainRequest {
+            domain: Some(by_name("life")),
+        })
+        .await
+        .expect("suspend");
+    assert_eq!(
+        env.state("life").await,
+        (
+            DomainState::Paused,
+            Reason::Paused(DomainPausedReason::User as i32)
+        )
+    );
+    events
+        .wait(
+            "life",
+            is_lifecycle(
+                DomainEventType::Suspended,
+                Detail::Suspended(DomainEventSuspendedDetail::Paused as i32),
+            ),
+        )
+        .await;
+    env.client
+        .resume_domain(ResumeDomainRequest {
+            domain: Some(by_name("life")),
+        })
+        .await
+        .expect("resume");
+    events
+        .wait(
+            "life",
+            is_lifecycle(
+                DomainEventType::Resumed,
+                Detail::Resumed(DomainEventResumedDetail::Unpaused as i32),
+            ),
+        )
+        .await;
+    console.send(b"y").await;
+    console.expect("y").await;
+
+    let info = env
+        .client
+        .get_domain_info(GetDomainInfoRequest {
+            domain: Some(by_name("life")),
+        })
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!(info.max_memory_kib, 32 * 1024);
+    assert_eq!(info.nr_virt_cpu, 1);
+    assert!(info.cpu_time_ns > 0, "QEMU has used CPU time: {info:?}");
+
+    let live = env
+        .client
+        .get_domain_xml(GetDomainXmlRequest {
+            domain: Some(by_name("life")),
+            flags: 0,
+        })
+        .await
+        .expect("xml")
+        .into_inner()
+        .xml;
+    assert!(live.starts_with("<domain type='qemu' id='"), "{live}");
+    assert!(
+        live.contains("<source path='/dev/pts/"),
+        "live XML has the pty: {live}"
+    );
+
+    env.destroy("life").await;
+    assert_eq!(
+        env.state("life").await,
+        (
+            DomainState::Shutoff,
+            Reason::Shutoff(DomainShutoffReason::Destroyed as i32)
+        )
+    );
+    events
+        .wait(
+            "life",
+            is_lifecycle(
+                DomainEventType::Stopped,
+                Detail::Stopped(DomainEventStoppedDetail::Destroyed as i32),
+            ),
+        )
+        .await;
+    assert_eq!(
+        console.closed().await.reason,
+        DomainConsoleCloseReason::DomainStopped as i32
+    );
+
+    env.client
+        .undefine_domain(UndefineDomainRequest {
+            domain: Some(by_name("life")),
+            flags: 0,
+        })
+        .await
+        .expect("undefine");
+    events
+        .wait(
+            "life",
+            is_lifecycle(DomainEventType::Undefined, Detail::Undefined(0)),
+        )
+        .await;
+    let missing = env
+        .client
+        .lookup_domain(LookupDomainRequest {
+            domain: Some(by_name("life")),
+        })
+        .await
+        .expect_err("gone");
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+}
+
+#[tokio::test]
+async fn a_guest_that_powers_off_is_shut_off_with_reason_shutdown() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    env.define("poweroff").await;
+    let mut events = env.events().await;
+    let console = boot_with_console(&mut env, "poweroff").await;
+    console.send(&[guest::POWER_OFF]).await;
+    let seen = events
+        .wait(
+            "poweroff",
+            is_lifecycle(
+                DomainEventType::Stopped,
+                Detail::Stopped(DomainEventStoppedDetail::Shutdown as i32),
+            ),
+        )
+        .await;
+    assert!(
+        seen.iter().any(is_lifecycle(
+            DomainEventType::Shutdown,
+            Detail::Shutdown(DomainEventShutdownDetail::Guest as i32)
+        )),
+        "a guest shutdown event came first: {seen:?}"
+    );
+    assert_eq!(
+        env.state("poweroff").await,
+        (
+            DomainState::Shutoff,
+            Reason::Shutoff(DomainShutoffReason::Shutdown as i32)
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_guest_ignoring_the_power_button_keeps_running_until_destroyed() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    env.define("stubborn").await;
+    let mut console = boot_with_console(&mut env, "stubborn").await;
+    env.client
+        .shutdown_domain(ShutdownDomainRequest {
+            domain: Some(by_name("stubborn")),
+            flags: 0,
+        })
+        .await
+        .expect("shutdown request delivered");
+    // The guest still answers after the power button press: it ignored it.
+    console.send(b"z").await;
+    console.expect("z").await;
+    assert_eq!(env.state("stubborn").await.0, DomainState::Running);
+    env.destroy("stubborn").await;
+    assert_eq!(env.state("stubborn").await.0, DomainState::Shutoff);
+}
+
+#[tokio::test]
+async fn a_guest_reset_emits_a_reboot_event_and_the_guest_boots_again() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    env.define("resetter").await;
+    let mut events = env.events().await;
+    let mut console = boot_with_console(&mut env, "resetter").await;
+    console.send(&[guest::RESET]).await;
+    events
+        .wait("resetter", |e| matches!(e, domain_event::Event::Reboot(_)))
+        .await;
+    console.expect(&guest::banner_line("resetter")).await;
+    assert_eq!(env.state("resetter").await.0, DomainState::Running);
+    env.destroy("resetter").await;
+}
+
+#[tokio::test]
+async fn a_killed_qemu_leaves_the_domain_shut_off_crashed_with_an_event() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    env.define("victim").await;
+    let mut events = env.events().await;
+    env.start("victim", 0).await;
+    let pid = env.qemu_pid("victim");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill QEMU");
+    events
+        .wait(
+            "victim",
+            is_lifecycle(
+                DomainEventType::Stopped,
+                Detail::Stopped(DomainEventStoppedDetail::Failed as i32),
+            ),
+        )
+        .await;
+    assert_eq!(
+        env.state("victim").await,
+        (
+            DomainState::Shutoff,
+            Reason::Shutoff(DomainShutoffReason::Crashed as i32)
+        )
+    );
+}
+
+#[tokio::test]
+async fn guests_survive_a_killed_daemon_and_stay_controllable() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    env.define("keep-a").await;
+    env.define("keep-b").await;
+    let _console_a = boot_with_console(&mut env, "keep-a").await;
+    env.start("keep-b", 0).await;
+    let pids = (env.qemu_pid("keep-a"), env.qemu_pid("keep-b"));
+    let ids: Vec<i32> = {
+        let list = env
+            .client
+            .list_domains(ListDomainsRequest { flags: 0 })
+            .await
+            .expect("list")
+            .into_inner();
+        list.domains.iter().map(|d| d.id).collect()
+    };
+
+    env.daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    env.daemon.wait_exit(DEADLINE).await.expect("daemon exits");
+    env.restart().await;
+
+    let list = env
+        .client
+        .list_domains(ListDomainsRequest { flags: 0 })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.domains.iter().map(|d| d.id).collect::<Vec<_>>(), ids);
+    for d in &list.domains {
+        assert_eq!(d.state, DomainState::Running as i32, "{d:?}");
+    }
+    assert_eq!((env.qemu_pid("keep-a"), env.qemu_pid("keep-b")), pids);
+
+    // Still controllable: the console reaches the guest, suspend and destroy work.
+    let mut console = Console::open(&mut env.client, "keep-a", 0)
+        .await
+        .expect("console after restart");
+    console.send(b"q").await;
+    console.expect("q").await;
+    env.client
+        .suspend_domain(SuspendDomainRequest {
+            domain: Some(by_name("keep-b")),
+        })
+        .await
+        .expect("suspend after restart");
+    assert_eq!(env.state("keep-b").await.0, DomainState::Paused);
+    env.destroy("keep-a").await;
+    env.destroy("keep-b").await;
+    assert_eq!(env.state("keep-a").await.0, DomainState::Shutoff);
+}
+
+#[tokio::test]
+async fn a_domain_that_died_while_the_daemon_was_down_is_crashed_after_restart() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    env.define("orphan").await;
+    env.start("orphan", 0).await;
+    let pid = env.qemu_pid("orphan");
+    env.daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    env.daemon.wait_exit(DEADLINE).await.expect("daemon exits");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill QEMU");
+    // Wait until the QEMU is gone (its pidfd says so) before restarting the daemon.
+    wait_gone(pid).await;
+    env.restart().await;
+    assert_eq!(
+        env.state("orphan").await,
+        (
+            DomainState::Shutoff,
+            Reason::Shutoff(DomainShutoffReason::Crashed as i32)
+        )
+    );
+}
+
+async fn wait_gone(pid: u32) {
+    // SAFETY: pidfd_open takes integers and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if raw < 0 {
+        return;
+    }
+    let fd = i32::try_from(raw).expect("fd");
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let done = tokio::task::spawn_blocking(move || {
+        // SAFETY: one valid pollfd; the descriptor is ours and closed below.
+        let rc = unsafe { libc::poll(&mut poll, 1, 30_000) };
+        // SAFETY: closing our own descriptor once.
+        unsafe { libc::close(fd) };
+        rc
+    })
+    .await
+    .expect("poll");
+    assert!(done > 0, "QEMU {pid} exits after SIGKILL");
+}
+
+#[tokio::test]
+async fn twenty_guests_start_concurrently() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    let names: Vec<String> = (0..20).map(|i| format!("many-{i:02}")).collect();
+    for name in &names {
+        env.define(name).await;
+    }
+    let starts = names.iter().map(|name| {
+        let mut client = env.client.clone();
+        let name = name.clone();
+        async move {
+            client
+                .start_domain(StartDomainRequest {
+                    domain: Some(by_name(&name)),
+                    flags: 0,
+                })
+                .await
+                .map(|_| ())
+        }
+    });
+    let results = futures_join_all(starts).await;
+    for (name, result) in names.iter().zip(&results) {
+        assert!(result.is_ok(), "{name}: {result:?}");
+    }
+    let running = env
+        .client
+        .list_domains(ListDomainsRequest {
+            flags: DomainListFlag::Running as u32,
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(running.domains.len(), 20);
+    let mut ids: Vec<i32> = running.domains.iter().map(|d| d.id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "every guest has its own id");
+    for name in &names {
+        env.destroy(name).await;
+    }
+}
+
+/// Runs futures concurrently on this task and collects their outputs in order.
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut outputs: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if outputs[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(out) => outputs[i] = Some(out),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("completed")).collect()
+}
+
+#[tokio::test]
+async fn a_kvm_guest_boots_when_kvm_works() {
+    if !qemu_present() {
+        return;
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        eprintln!("skipped: /dev/kvm cannot be opened");
+        return;
+    }
+    let mut env = Env::new().await;
+    let disk = env.disk("kvmguest");
+    let xml = guest::domain_xml("kvmguest", &disk, "kvm", SerialKind::Pty);
+    env.client
+        .define_domain_xml(DefineDomainXmlRequest { xml, flags: 0 })
+        .await
+        .expect("define kvm domain");
+    let mut console = boot_with_console(&mut env, "kvmguest").await;
+    console.send(b"k").await;
+    console.expect("k").await;
+    env.destroy("kvmguest").await;
+}
+
+#[tokio::test]
+async fn a_qemu_that_cannot_start_is_reported_with_its_log() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    let missing = env.root.path().join("no-such-disk.img");
+    let xml = guest::domain_xml("broken", &missing, "qemu", SerialKind::Pty);
+    env.client
+        .define_domain_xml(DefineDomainXmlRequest { xml, flags: 0 })
+        .await
+        .expect("define");
+    let error = env
+        .client
+        .start_domain(StartDomainRequest {
+            domain: Some(by_name("broken")),
+            flags: 0,
+        })
+        .await
+        .expect_err("start fails");
+    assert!(
+        error.message().contains("no-such-disk.img"),
+        "the error quotes QEMU's complaint: {}",
+        error.message()
+    );
+    assert_eq!(
+        env.state("broken").await.0,
+        DomainState::Shutoff,
+        "the domain stays defined and shut off"
+    );
+}
+
+#[tokio::test]
+async fn definitions_and_autostart_survive_a_restart() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    env.define("auto").await;
+    env.define("manual").await;
+    env.client
+        .set_domain_autostart(SetDomainAutostartRequest {
+            domain: Some(by_name("auto")),
+            autostart: true,
+        })
+        .await
+        .expect("autostart");
+    env.daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    env.daemon.wait_exit(DEADLINE).await.expect("daemon exits");
+    env.restart().await;
+    let mut events = env.events().await;
+    // The autostart may have happened before this subscription: check the state first.
+    if env.state("auto").await.0 != DomainState::Running {
+        events
+            .wait(
+                "auto",
+                is_lifecycle(
+                    DomainEventType::Started,
+                    Detail::Started(DomainEventStartedDetail::Booted as i32),
+                ),
+            )
+            .await;
+    }
+    assert_eq!(env.state("auto").await.0, DomainState::Running);
+    assert_eq!(env.state("manual").await.0, DomainState::Shutoff);
+    let autostart = env
+        .client
+        .get_domain_autostart(GetDomainAutostartRequest {
+            domain: Some(by_name("auto")),
+        })
+        .await
+        .expect("get autostart")
+        .into_inner()
+        .autostart;
+    assert!(autostart);
+    env.destroy("auto").await;
+}
+
+#[tokio::test]
+async fn a_second_console_is_refused_unless_it_forces() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    env.define("shared").await;
+    let mut first = boot_with_console(&mut env, "shared").await;
+    let refused = Console::open(&mut env.client, "shared", 0)
+        .await
+        .err()
+        .expect("second console refused");
+    assert!(
+        refused.message().contains("active console session"),
+        "{}",
+        refused.message()
+    );
+    let mut second = Console::open(&mut env.client, "shared", DomainConsoleFlag::Force as u32)
+        .await
+        .expect("forced console");
+    assert_eq!(
+        first.closed().await.reason,
+        DomainConsoleCloseReason::TakenOver as i32
+    );
+    second.send(b"s").await;
+    second.expect("s").await;
+    env.destroy("shared").await;
+}
+
+/// Runs `rvirsh -c qemu:///system ARGS` against the test's root.
+fn rvirsh(env: &Env, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(rvirt_e2e::binary("rvirsh"))
+        .env("RVIRT_ROOT", env.root.path())
+        .args(["-c", "qemu:///system"])
+        .args(args)
+        .output()
+        .expect("rvirsh runs")
+}
+
+#[tokio::test]
+async fn rvirsh_drives_a_guest_and_its_console_until_ctrl_bracket() {
+    if !qemu_present() {
+        return;
+    }
+    let env = Env::new().await;
+    let disk = env.disk("shell");
+    let xml_path = env.root.path().join("shell.xml");
+    std::fs::write(
+        &xml_path,
+        guest::domain_xml("shell", &disk, "qemu", SerialKind::Pty),
+    )
+    .expect("xml file");
+    let defined = rvirsh(&env, &["define", &xml_path.to_string_lossy()]);
+    assert!(defined.status.success(), "{defined:?}");
+    let started = rvirsh(&env, &["start", "shell", "--paused"]);
+    assert!(started.status.success(), "{started:?}");
+
+    // The console: rvirsh reads keys from its standard input (a pipe here, so no raw mode).
+    let mut console = tokio::process::Command::new(rvirt_e2e::binary("rvirsh"))
+        .env("RVIRT_ROOT", env.root.path())
+        .args(["-c", "qemu:///system", "console", "shell"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("rvirsh console");
+    let mut stdin = console.stdin.take().expect("stdin");
+    let mut out = rvirt_e2e::guest::SerialReader::new(console.stdout.take().expect("stdout"));
+    out.expect(b"Escape character is ^]", DEADLINE)
+        .await
+        .expect("console banner");
+    let resumed = rvirsh(&env, &["resume", "shell"]);
+    assert!(resumed.status.success(), "{resumed:?}");
+    out.expect(guest::banner_line("shell").as_bytes(), DEADLINE)
+        .await
+        .expect("guest banner through rvirsh");
+    use tokio::io::AsyncWriteExt as _;
+    stdin.write_all(b"e").await.expect("key");
+    out.expect(b"e", DEADLINE).await.expect("echo through rvirsh");
+    stdin.write_all(&[0x1d]).await.expect("ctrl+]");
+    let status = tokio::time::timeout(DEADLINE, console.wait())
+        .await
+        .expect("rvirsh leaves on ctrl+]")
+        .expect("exit status");
+    assert!(status.success(), "rvirsh console exits cleanly: {status:?}");
+
+    let list = rvirsh(&env, &["list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains("shell") && text.contains("running"), "{text}");
+    let destroyed = rvirsh(&env, &["destroy", "shell"]);
+    assert!(destroyed.status.success(), "{destroyed:?}");
+    let state = rvirsh(&env, &["domstate", "shell", "--reason"]);
+    assert_eq!(
+        String::from_utf8_lossy(&state.stdout).trim(),
+        "shut off (destroyed)"
+    );
+}
