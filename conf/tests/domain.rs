@@ -1797,3 +1797,80 @@ fn xen_era_ioemu_target_prefix_is_dropped() {
     ));
     assert_eq!(def.devices.disks().next().map(|d| d.target.as_str()), Some("hda"));
 }
+
+#[test]
+fn disk_encryption_round_trips_where_it_was_given_and_validates() {
+    for (inside, outside) in [
+        (
+            "<encryption format='luks'><secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption>",
+            "",
+        ),
+        (
+            "",
+            "<encryption format='luks'><secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption>",
+        ),
+    ] {
+        let xml = pc(
+            "",
+            &format!(
+                "<disk type='file' device='disk'><driver name='qemu' type='qcow2'/>\
+                 <source file='/var/lib/img/enc.qcow2'>{inside}</source><target dev='vda' bus='virtio'/>{outside}</disk>"
+            ),
+        );
+        let def = parse(&xml);
+        let disk = def
+            .devices
+            .list
+            .iter()
+            .find_map(|d| match d {
+                Device::Disk(disk) => Some(disk),
+                _ => None,
+            })
+            .expect("a disk");
+        let enc = disk.encryption.as_ref().expect("encryption parsed");
+        assert_eq!(enc.format, EncryptionFormat::Luks);
+        assert_eq!(
+            enc.secret,
+            EncryptionSecret::Uuid("0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f".to_owned())
+        );
+        assert_eq!(enc.in_source, !inside.is_empty());
+        let out = def.format(FormatFlags::default()).expect("formats");
+        let wanted = if inside.is_empty() {
+            "<target dev='vda' bus='virtio'/>\n      <encryption format='luks'>"
+        } else {
+            "<source file='/var/lib/img/enc.qcow2'>\n        <encryption format='luks'>"
+        };
+        assert!(out.contains(wanted), "{out}");
+        common::validate("domain.rng", &out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let again = DomainDef::parse(&out, ParseFlags::default()).expect("reparses");
+        assert_eq!(again.format(FormatFlags::default()).expect("formats"), out);
+    }
+}
+
+#[test]
+fn disk_encryption_other_than_luks_with_a_passphrase_is_unsupported() {
+    let disk = |enc: &str| {
+        pc(
+            "",
+            &format!(
+                "<disk type='file'><source file='/i.qcow2'/><target dev='vda' bus='virtio'/>{enc}</disk>"
+            ),
+        )
+    };
+    let err = parse_err(&disk(
+        "<encryption format='qcow'><secret type='passphrase' uuid='0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f'/></encryption>",
+    ));
+    assert_eq!(
+        (err.kind, err.path.as_str()),
+        (
+            XmlErrorKind::Unsupported,
+            "/domain/devices/disk/encryption/@format"
+        )
+    );
+    let err = parse_err(&disk("<encryption format='luks'/>"));
+    assert_eq!(err.path, "/domain/devices/disk/encryption/secret");
+    let err = parse_err(&disk(
+        "<encryption format='luks' engine='librbd'><secret type='passphrase' usage='x'/></encryption>",
+    ));
+    assert_eq!(err.path, "/domain/devices/disk/encryption/@engine");
+}

@@ -438,7 +438,10 @@ fn disk(w: &mut W, d: &Disk, mode: Mode) {
                     s.add("pool", pool).add("volume", volume);
                 }
             }
-            w.leaf("source", &s);
+            match d.encryption.as_ref().filter(|e| e.in_source) {
+                Some(e) => w.elem("source", &s, |w| encryption(w, e)),
+                None => w.leaf("source", &s),
+            }
         }
         let mut t = a();
         t.add("dev", &d.target).opt("bus", d.bus);
@@ -449,7 +452,28 @@ fn disk(w: &mut W, d: &Disk, mode: Mode) {
         if d.shareable {
             w.leaf("shareable", &a());
         }
+        if let Some(e) = d
+            .encryption
+            .as_ref()
+            .filter(|e| !e.in_source || d.source.is_none())
+        {
+            encryption(w, e);
+        }
         info(w, &d.info, mode);
+    });
+}
+
+fn encryption(w: &mut W, e: &DiskEncryption) {
+    let mut attrs = a();
+    attrs.add("format", e.format);
+    w.elem("encryption", &attrs, |w| {
+        let mut secret = a();
+        secret.add("type", "passphrase");
+        match &e.secret {
+            EncryptionSecret::Uuid(uuid) => secret.add("uuid", uuid),
+            EncryptionSecret::Usage(usage) => secret.add("usage", usage),
+        };
+        w.leaf("secret", &secret);
     });
 }
 

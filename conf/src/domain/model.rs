@@ -301,6 +301,14 @@ xml_enum! {
 }
 
 xml_enum! {
+    /// `<encryption format>`: only LUKS, opened by QEMU, is supported.
+    pub enum EncryptionFormat {
+        /// LUKS (version 1), opened by QEMU with a passphrase secret.
+        Luks = "luks",
+    }
+}
+
+xml_enum! {
     /// `<controller type>`.
     pub enum ControllerType {
         /// IDE.
@@ -1110,8 +1118,31 @@ pub struct Disk {
     pub readonly: bool,
     /// `<shareable/>`.
     pub shareable: bool,
+    /// `<encryption>` (in `<disk>` or in its `<source>`).
+    pub encryption: Option<DiskEncryption>,
     /// Alias, address, boot order.
     pub info: DeviceInfo,
+}
+
+/// `<disk><encryption>`: the image is encrypted and QEMU opens it with a passphrase held by
+/// the secret driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskEncryption {
+    /// `format`.
+    pub format: EncryptionFormat,
+    /// `<secret type='passphrase' uuid>`.
+    pub secret: EncryptionSecret,
+    /// Whether the element was inside `<source>` (it is written back where it was found).
+    pub in_source: bool,
+}
+
+/// `<encryption><secret type='passphrase'>`: by UUID or by usage name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EncryptionSecret {
+    /// `uuid='…'`.
+    Uuid(String),
+    /// `usage='…'` (the secret's volume path usage).
+    Usage(String),
 }
 
 /// `<disk><driver>`.

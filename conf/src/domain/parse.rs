@@ -718,9 +718,13 @@ fn parse_disk(mut el: El<'_>, ctx: &mut Ctx<'_>) -> Result<Disk, XmlError> {
         driver.discard = enum_attr(&mut d, "discard")?;
         d.finish(&mut ctx.reader)?;
     }
+    let mut encryption = None;
     let source = match el.child("source")? {
         None => None,
         Some(mut s) => {
+            if let Some(e) = s.child("encryption")? {
+                encryption = Some(parse_encryption(e, true, ctx)?);
+            }
             let source = match disk_type {
                 DiskType::File => s.attr("file").map(|p| DiskSource::File(p.to_owned())),
                 DiskType::Block => s.attr("dev").map(|p| DiskSource::Block(p.to_owned())),
@@ -751,6 +755,15 @@ fn parse_disk(mut el: El<'_>, ctx: &mut Ctx<'_>) -> Result<Disk, XmlError> {
     };
     let readonly = flag_child(&mut el, "readonly", ctx)?;
     let shareable = flag_child(&mut el, "shareable", ctx)?;
+    if let Some(e) = el.child("encryption")? {
+        if encryption.is_some() {
+            return Err(malformed(
+                format!("{}/encryption", el.path()),
+                "<encryption> is given both in <disk> and in its <source>".to_owned(),
+            ));
+        }
+        encryption = Some(parse_encryption(e, false, ctx)?);
+    }
     let info = parse_info(&mut el, ctx, true)?;
     el.finish(&mut ctx.reader)?;
     Ok(Disk {
@@ -762,7 +775,65 @@ fn parse_disk(mut el: El<'_>, ctx: &mut Ctx<'_>) -> Result<Disk, XmlError> {
         bus,
         readonly,
         shareable,
+        encryption,
         info,
+    })
+}
+
+/// `<encryption format='luks'><secret type='passphrase' uuid='…'/></encryption>`.
+fn parse_encryption(mut el: El<'_>, in_source: bool, ctx: &mut Ctx<'_>) -> Result<DiskEncryption, XmlError> {
+    let format: EncryptionFormat = req_enum_attr(&mut el, "format")?;
+    match el.attr("engine") {
+        None | Some("qemu") => {}
+        Some(other) => {
+            return Err(XmlError {
+                kind: XmlErrorKind::Unsupported,
+                message: format!(
+                    "unsupported value '{other}' at {}: rvirt supports qemu",
+                    el.attr_path("engine")
+                ),
+                path: el.attr_path("engine"),
+            });
+        }
+    }
+    let Some(mut secret_el) = el.child("secret")? else {
+        return Err(missing(
+            format!("{}/secret", el.path()),
+            "the passphrase secret (<secret type='passphrase' uuid='…'/>)",
+        ));
+    };
+    match req_attr(&mut secret_el, "type")? {
+        "passphrase" => {}
+        other => {
+            return Err(XmlError {
+                kind: XmlErrorKind::Unsupported,
+                message: format!(
+                    "unsupported value '{other}' at {}: rvirt supports passphrase",
+                    secret_el.attr_path("type")
+                ),
+                path: secret_el.attr_path("type"),
+            });
+        }
+    }
+    let secret = match (secret_el.attr("uuid"), secret_el.attr("usage")) {
+        (Some(uuid), None) => EncryptionSecret::Uuid(
+            crate::xml::canonical_uuid(uuid)
+                .ok_or_else(|| malformed(secret_el.attr_path("uuid"), format!("'{uuid}' is not a UUID")))?,
+        ),
+        (None, Some(usage)) => EncryptionSecret::Usage(usage.to_owned()),
+        _ => {
+            return Err(malformed(
+                secret_el.path().to_owned(),
+                "a passphrase secret needs exactly one of 'uuid' and 'usage'".to_owned(),
+            ));
+        }
+    };
+    secret_el.finish(&mut ctx.reader)?;
+    el.finish(&mut ctx.reader)?;
+    Ok(DiskEncryption {
+        format,
+        secret,
+        in_source,
     })
 }
 

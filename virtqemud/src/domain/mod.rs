@@ -1003,21 +1003,6 @@ impl Domains {
                 );
             }
         }
-        let mut prepared = match resources::prepare(&mut def, &dir, &self.resource_ctx).await {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                cleanup_dir(&dir);
-                return Err(e);
-            }
-        };
-        prepared.resources.start_time = i64::try_from(now_secs()).ok();
-        let ports = std::mem::take(&mut prepared.ports);
-        let resource_ctx = self.resource_ctx;
-        let release_ports = |ports: Vec<resources::PortRecord>| async move {
-            if !ports.is_empty() {
-                resources::release(&resource_ctx, ports).await;
-            }
-        };
         let monitor_path = dir.join("monitor.sock");
         let mut socket = match QmpSocket::bind(&monitor_path) {
             Ok(socket) => socket,
@@ -1032,6 +1017,21 @@ impl Domains {
                 ErrorCode::InternalError,
                 "The monitor socket is not listening",
             ));
+        };
+        let mut prepared = match resources::prepare(&mut def, &dir, &self.resource_ctx).await {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                cleanup_dir(&dir);
+                return Err(e);
+            }
+        };
+        prepared.resources.start_time = i64::try_from(now_secs()).ok();
+        let ports = std::mem::take(&mut prepared.ports);
+        let resource_ctx = self.resource_ctx;
+        let release_ports = |ports: Vec<resources::PortRecord>| async move {
+            if !ports.is_empty() {
+                resources::release(&resource_ctx, ports).await;
+            }
         };
         let command =
             match QemuCommandBuilder::new(&def, &target, &dir, MonitorFd(monitor_fd), &prepared.resources)
@@ -1249,6 +1249,20 @@ impl Domains {
                 }
                 break;
             }
+        }
+        // Network ports go back before the stop is announced, so whoever sees the domain
+        // shut off also sees its ports gone.
+        let ports = {
+            let mut inner = vm.lock();
+            inner
+                .run
+                .as_mut()
+                .filter(|r| r.generation == generation)
+                .map(|r| std::mem::take(&mut r.ports))
+                .unwrap_or_default()
+        };
+        if !ports.is_empty() {
+            resources::release(&self.resource_ctx, ports).await;
         }
         self.finish(&vm, generation);
         let _ = stopped.send(true);
