@@ -29,8 +29,9 @@ fn decode_base64(text: &[u8]) -> Result<Vec<u8>, CmdError> {
         .map_err(|e| CmdError::msg(format!("Failed to decode the base64 secret value: {e}")))
 }
 
-/// Reads a line from the terminal with echo off.
-fn read_password() -> std::io::Result<Vec<u8>> {
+/// Reads a line from the terminal with echo off. The prompt is shown only once echo is off, so
+/// nothing typed after it can appear on the screen.
+fn read_password(prompt: impl FnOnce()) -> std::io::Result<Vec<u8>> {
     use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
     use std::io::{BufRead as _, Write as _};
     let tty = std::fs::OpenOptions::new()
@@ -41,6 +42,7 @@ fn read_password() -> std::io::Result<Vec<u8>> {
     let mut quiet = saved.clone();
     quiet.local_flags.remove(LocalFlags::ECHO);
     tcsetattr(&tty, SetArg::TCSAFLUSH, &quiet).map_err(std::io::Error::from)?;
+    prompt();
     let mut line = Vec::new();
     let read = std::io::BufReader::new(&tty).read_until(b'\n', &mut line);
     let restored = tcsetattr(&tty, SetArg::TCSAFLUSH, &saved).map_err(std::io::Error::from);
@@ -154,9 +156,9 @@ async fn set_value(sh: &mut Shell, args: &Args) -> CmdResult {
         bytes.truncate(1024);
         bytes
     } else if args.flag("interactive") {
-        sh.print("Enter new value for secret:");
         plain = true;
-        read_password().map_err(|_| CmdError::msg("Failed to read secret"))?
+        read_password(|| sh.print("Enter new value for secret:"))
+            .map_err(|_| CmdError::msg("Failed to read secret"))?
     } else {
         return Err(CmdError::msg("Input secret value is missing"));
     };
