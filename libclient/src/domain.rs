@@ -385,3 +385,126 @@ impl Connect {
         crate::watch::subscribe(open, split_domain_event, None).await
     }
 }
+
+/// What every driver serving `DomainService` (virtqemud, the in-process test driver) answers the
+/// same way: list filters, event ids, and the event stream's messages.
+pub mod serve {
+    use rvirt_proto::v1::*;
+
+    use crate::events::Delivery;
+
+    /// One entry of a domain event log: who, and what happened.
+    pub type DomainEventData = (DomainIdentity, domain_event::Event);
+
+    /// Whether `domain` passes libvirt's `virConnectListAllDomains` filter `flags`: within each
+    /// group of flags (active/inactive, persistent/transient, state, managed save, autostart,
+    /// snapshot, checkpoint) a domain must match one of the flags set, if any is set.
+    pub fn matches_list_flags(domain: &rvirt_proto::v1::Domain, flags: u32) -> bool {
+        use DomainListFlag as F;
+        let flagged = |bit: F| flags & (bit as u32) != 0;
+        let group = |bits: &[(F, bool)]| {
+            let set: Vec<bool> = bits
+                .iter()
+                .filter(|(f, _)| flagged(*f))
+                .map(|(_, m)| *m)
+                .collect();
+            set.is_empty() || set.contains(&true)
+        };
+        let state = DomainState::try_from(domain.state).unwrap_or(DomainState::Nostate);
+        group(&[(F::Active, domain.active), (F::Inactive, !domain.active)])
+            && group(&[
+                (F::Persistent, domain.persistent),
+                (F::Transient, !domain.persistent),
+            ])
+            && group(&[
+                (F::Running, state == DomainState::Running),
+                (F::Paused, state == DomainState::Paused),
+                (F::Shutoff, state == DomainState::Shutoff),
+                (
+                    F::Other,
+                    !matches!(
+                        state,
+                        DomainState::Running | DomainState::Paused | DomainState::Shutoff
+                    ),
+                ),
+            ])
+            && group(&[
+                (F::Managedsave, domain.has_managed_save),
+                (F::NoManagedsave, !domain.has_managed_save),
+            ])
+            && group(&[
+                (F::Autostart, domain.autostart),
+                (F::NoAutostart, !domain.autostart),
+            ])
+            && group(&[(F::HasSnapshot, false), (F::NoSnapshot, true)])
+            && group(&[(F::HasCheckpoint, false), (F::NoCheckpoint, true)])
+    }
+
+    /// The event id a subscriber filters `event` by.
+    pub fn event_id(event: &domain_event::Event) -> DomainEventId {
+        match event {
+            domain_event::Event::Reboot(_) => DomainEventId::Reboot,
+            domain_event::Event::BalloonChange(_) => DomainEventId::BalloonChange,
+            _ => DomainEventId::Lifecycle,
+        }
+    }
+
+    /// The stream message for one delivery of a domain event log, or `None` when the
+    /// subscriber's filters (`wanted` event ids, `domain`) leave it out.
+    pub fn watch_response(
+        delivery: Delivery<DomainEventData>,
+        epoch: &str,
+        wanted: &[i32],
+        domain: Option<&domain_ref::Key>,
+    ) -> Option<WatchDomainEventsResponse> {
+        let message = match delivery {
+            Delivery::Event(e) => {
+                let (who, event) = &e.event;
+                if !wanted.is_empty() && !wanted.contains(&(event_id(event) as i32)) {
+                    return None;
+                }
+                let matches = match domain {
+                    None => true,
+                    Some(domain_ref::Key::Name(n)) => &who.name == n,
+                    Some(domain_ref::Key::Uuid(u)) => {
+                        uuid::Uuid::parse_str(u.trim()).is_ok_and(|u| u.hyphenated().to_string() == who.uuid)
+                    }
+                    Some(domain_ref::Key::Id(id)) => who.id == *id,
+                };
+                if !matches {
+                    return None;
+                }
+                watch_domain_events_response::Message::Event(DomainEvent {
+                    sequence: e.sequence,
+                    epoch: epoch.to_owned(),
+                    time: Some(prost_types::Timestamp::from(e.time)),
+                    domain: Some(who.clone()),
+                    event: Some(event.clone()),
+                })
+            }
+            Delivery::CaughtUp {
+                epoch,
+                current_sequence,
+            } => watch_domain_events_response::Message::CaughtUp(CaughtUp {
+                epoch,
+                current_sequence,
+            }),
+            Delivery::ResyncRequired {
+                reason,
+                epoch,
+                requested_sequence,
+                oldest_retained_sequence,
+                current_sequence,
+            } => watch_domain_events_response::Message::ResyncRequired(ResyncRequired {
+                reason: ResyncReason::from(reason) as i32,
+                epoch,
+                requested_sequence,
+                oldest_retained_sequence,
+                current_sequence,
+            }),
+        };
+        Some(WatchDomainEventsResponse {
+            message: Some(message),
+        })
+    }
+}

@@ -4,7 +4,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use rvirt_daemon::events::Delivery;
+use rvirt::domain::serve::{matches_list_flags, watch_response};
 use rvirt_proto::error::status;
 use rvirt_proto::v1::domain_service_server::DomainService;
 use rvirt_proto::v1::*;
@@ -12,8 +12,8 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::domain::Domains;
 use crate::domain::console::{ConsoleIo, OpenConsole};
-use crate::domain::{DomainEventData, Domains};
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -44,102 +44,6 @@ fn unsupported_flags(flags: u32, known: u32) -> Result<(), Status> {
         ));
     }
     Ok(())
-}
-
-fn matches_list_flags(d: &Domain, flags: u32) -> bool {
-    use DomainListFlag as F;
-    let group = |bits: &[(F, bool)]| {
-        let set: Vec<bool> = bits
-            .iter()
-            .filter(|(f, _)| flagged(flags, *f as i32))
-            .map(|(_, m)| *m)
-            .collect();
-        set.is_empty() || set.contains(&true)
-    };
-    let state = DomainState::try_from(d.state).unwrap_or(DomainState::Nostate);
-    group(&[(F::Active, d.active), (F::Inactive, !d.active)])
-        && group(&[(F::Persistent, d.persistent), (F::Transient, !d.persistent)])
-        && group(&[
-            (F::Running, state == DomainState::Running),
-            (F::Paused, state == DomainState::Paused),
-            (F::Shutoff, state == DomainState::Shutoff),
-            (
-                F::Other,
-                !matches!(
-                    state,
-                    DomainState::Running | DomainState::Paused | DomainState::Shutoff
-                ),
-            ),
-        ])
-        && group(&[(F::Managedsave, false), (F::NoManagedsave, true)])
-        && group(&[(F::Autostart, d.autostart), (F::NoAutostart, !d.autostart)])
-        && group(&[(F::HasSnapshot, false), (F::NoSnapshot, true)])
-        && group(&[(F::HasCheckpoint, false), (F::NoCheckpoint, true)])
-}
-
-fn event_id(event: &domain_event::Event) -> DomainEventId {
-    match event {
-        domain_event::Event::Reboot(_) => DomainEventId::Reboot,
-        domain_event::Event::BalloonChange(_) => DomainEventId::BalloonChange,
-        _ => DomainEventId::Lifecycle,
-    }
-}
-
-fn event_response(
-    delivery: Delivery<DomainEventData>,
-    epoch: &str,
-    wanted: &[i32],
-    filter: &Option<domain_ref::Key>,
-) -> Option<WatchDomainEventsResponse> {
-    let message = match delivery {
-        Delivery::Event(e) => {
-            let (who, event) = &e.event;
-            if !wanted.is_empty() && !wanted.contains(&(event_id(event) as i32)) {
-                return None;
-            }
-            let matches = match filter {
-                None => true,
-                Some(domain_ref::Key::Name(n)) => &who.name == n,
-                Some(domain_ref::Key::Uuid(u)) => {
-                    rvirt_conf::xml::canonical_uuid(u).as_deref() == Some(who.uuid.as_str())
-                }
-                Some(domain_ref::Key::Id(id)) => who.id == *id,
-            };
-            if !matches {
-                return None;
-            }
-            watch_domain_events_response::Message::Event(DomainEvent {
-                sequence: e.sequence,
-                epoch: epoch.to_owned(),
-                time: Some(prost_types::Timestamp::from(e.time)),
-                domain: Some(who.clone()),
-                event: Some(event.clone()),
-            })
-        }
-        Delivery::CaughtUp {
-            epoch,
-            current_sequence,
-        } => watch_domain_events_response::Message::CaughtUp(CaughtUp {
-            epoch,
-            current_sequence,
-        }),
-        Delivery::ResyncRequired {
-            reason,
-            epoch,
-            requested_sequence,
-            oldest_retained_sequence,
-            current_sequence,
-        } => watch_domain_events_response::Message::ResyncRequired(ResyncRequired {
-            reason: ResyncReason::from(reason) as i32,
-            epoch,
-            requested_sequence,
-            oldest_retained_sequence,
-            current_sequence,
-        }),
-    };
-    Some(WatchDomainEventsResponse {
-        message: Some(message),
-    })
 }
 
 #[tonic::async_trait]
@@ -416,8 +320,8 @@ impl DomainService for QemuDomainService {
             .domains
             .events
             .watch(&request.since_epoch, request.since_sequence);
-        let stream =
-            events.filter_map(move |delivery| event_response(delivery, &epoch, &wanted, &filter).map(Ok));
+        let stream = events
+            .filter_map(move |delivery| watch_response(delivery, &epoch, &wanted, filter.as_ref()).map(Ok));
         Ok(Response::new(Box::pin(stream)))
     }
 

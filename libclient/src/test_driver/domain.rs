@@ -12,7 +12,7 @@ use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
 
 use super::node::{DomainRecord, Objects, TestState, canonical_uuid, parse_domain};
-use crate::events::Delivery;
+use crate::domain::serve::{matches_list_flags, watch_response};
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<WatchDomainEventsResponse, Status>> + Send + 'static>>;
 
@@ -139,46 +139,6 @@ fn stop(objects: &mut Objects, key: &str, reason: DomainShutoffReason) -> Result
 
 fn flagged(flags: u32, bit: i32) -> bool {
     flags & (bit as u32) != 0
-}
-
-fn matches_list_flags(d: &DomainRecord, flags: u32) -> bool {
-    use DomainListFlag as F;
-    let group = |bits: &[(F, bool)]| {
-        let set: Vec<bool> = bits
-            .iter()
-            .filter(|(f, _)| flagged(flags, *f as i32))
-            .map(|(_, m)| *m)
-            .collect();
-        set.is_empty() || set.contains(&true)
-    };
-    let state = d.state;
-    group(&[(F::Active, d.is_active()), (F::Inactive, !d.is_active())])
-        && group(&[(F::Persistent, d.persistent), (F::Transient, !d.persistent)])
-        && group(&[
-            (F::Running, state == DomainState::Running),
-            (F::Paused, state == DomainState::Paused),
-            (F::Shutoff, state == DomainState::Shutoff),
-            (
-                F::Other,
-                !matches!(
-                    state,
-                    DomainState::Running | DomainState::Paused | DomainState::Shutoff
-                ),
-            ),
-        ])
-        && group(&[(F::Managedsave, false), (F::NoManagedsave, true)])
-        && group(&[(F::Autostart, d.autostart), (F::NoAutostart, !d.autostart)])
-        && group(&[(F::HasSnapshot, false), (F::NoSnapshot, true)])
-        && group(&[(F::HasCheckpoint, false), (F::NoCheckpoint, true)])
-}
-
-fn event_id(event: &domain_event::Event) -> DomainEventId {
-    match event {
-        domain_event::Event::Lifecycle(_) => DomainEventId::Lifecycle,
-        domain_event::Event::Reboot(_) => DomainEventId::Reboot,
-        domain_event::Event::BalloonChange(_) => DomainEventId::BalloonChange,
-        _ => DomainEventId::Lifecycle,
-    }
 }
 
 fn live_xml(domain: &DomainRecord) -> String {
@@ -512,8 +472,8 @@ impl DomainService for TestDomains {
         let domains = objects
             .domains
             .values()
-            .filter(|d| matches_list_flags(d, flags))
             .map(DomainRecord::summary)
+            .filter(|d| matches_list_flags(d, flags))
             .collect();
         Ok(Response::new(ListDomainsResponse { domains }))
     }
@@ -741,57 +701,8 @@ impl DomainService for TestDomains {
             .domain_events
             .watch(&request.since_epoch, request.since_sequence);
         let epoch = self.state.domain_events.epoch().to_owned();
-        let stream = events.filter_map(move |delivery| {
-            let message = match delivery {
-                Delivery::Event(e) => {
-                    let (who, event) = &e.event;
-                    if !wanted.is_empty() && !wanted.contains(&(event_id(event) as i32)) {
-                        return None;
-                    }
-                    let matches = match &filter {
-                        None => true,
-                        Some(domain_ref::Key::Name(n)) => &who.name == n,
-                        Some(domain_ref::Key::Uuid(u)) => {
-                            canonical_uuid(u).as_deref() == Some(who.uuid.as_str())
-                        }
-                        Some(domain_ref::Key::Id(id)) => who.id == *id,
-                    };
-                    if !matches {
-                        return None;
-                    }
-                    watch_domain_events_response::Message::Event(DomainEvent {
-                        sequence: e.sequence,
-                        epoch: epoch.clone(),
-                        time: Some(prost_types::Timestamp::from(e.time)),
-                        domain: Some(who.clone()),
-                        event: Some(event.clone()),
-                    })
-                }
-                Delivery::CaughtUp {
-                    epoch,
-                    current_sequence,
-                } => watch_domain_events_response::Message::CaughtUp(CaughtUp {
-                    epoch,
-                    current_sequence,
-                }),
-                Delivery::ResyncRequired {
-                    reason,
-                    epoch,
-                    requested_sequence,
-                    oldest_retained_sequence,
-                    current_sequence,
-                } => watch_domain_events_response::Message::ResyncRequired(ResyncRequired {
-                    reason: ResyncReason::from(reason) as i32,
-                    epoch,
-                    requested_sequence,
-                    oldest_retained_sequence,
-                    current_sequence,
-                }),
-            };
-            Some(Ok(WatchDomainEventsResponse {
-                message: Some(message),
-            }))
-        });
+        let stream = events
+            .filter_map(move |delivery| watch_response(delivery, &epoch, &wanted, filter.as_ref()).map(Ok));
         Ok(Response::new(Box::pin(stream)))
     }
 }

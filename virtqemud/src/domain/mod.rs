@@ -43,8 +43,7 @@ use crate::qmp::{QmpClient, QmpEvent, QmpEventKind, QmpEvents, QmpOptions};
 use process::Pidfd;
 use status::StatusFile;
 
-/// One entry of the domain event log: who, and what happened.
-pub type DomainEventData = (DomainIdentity, domain_event::Event);
+pub use rvirt::domain::serve::DomainEventData;
 
 /// How long destroy waits after SIGTERM before SIGKILL (libvirt waits 10 s).
 const TERM_GRACE: Duration = Duration::from_secs(10);
