@@ -985,3 +985,89 @@ async fn rvirsh_drives_a_guest_and_its_console_until_ctrl_bracket() {
         "shut off (destroyed)"
     );
 }
+
+#[tokio::test]
+async fn a_transient_domain_runs_reports_stats_resets_and_disappears_when_destroyed() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    let mut events = env.events().await;
+    let disk = env.disk("fleeting");
+    let xml = guest::domain_xml("fleeting", &disk, "qemu", SerialKind::Pty);
+    let created = env
+        .client
+        .create_domain_xml(CreateDomainXmlRequest {
+            xml,
+            flags: START_PAUSED,
+        })
+        .await
+        .expect("create")
+        .into_inner()
+        .domain
+        .expect("domain");
+    assert!(created.active && !created.persistent, "{created:?}");
+    assert!(created.id > 0);
+    // Boot it with a console attached, so the guest has read its disk when stats are taken.
+    let mut console = Console::open(&mut env.client, "fleeting", 0)
+        .await
+        .expect("console");
+    env.client
+        .resume_domain(ResumeDomainRequest {
+            domain: Some(by_name("fleeting")),
+        })
+        .await
+        .expect("resume");
+    console.expect(&guest::banner_line("fleeting")).await;
+
+    let stats = env
+        .client
+        .get_domain_stats(GetDomainStatsRequest {
+            domains: vec![by_name("fleeting")],
+            stats: 0,
+            flags: 0,
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    let record = stats.records.first().expect("one record");
+    assert_eq!(
+        record.state.as_ref().map(|s| s.state),
+        Some(DomainState::Running as i32)
+    );
+    assert_eq!(record.balloon.as_ref().map(|b| b.maximum_kib), Some(32 * 1024));
+    assert_eq!(record.vcpu.as_ref().map(|v| v.vcpus.len()), Some(1));
+    let block = record.blocks.first().expect("block stats for vda");
+    assert_eq!(block.name, "vda");
+    assert!(block.rd_reqs > 0, "the guest's boot sector was read: {block:?}");
+
+    env.client
+        .reset_domain(ResetDomainRequest {
+            domain: Some(by_name("fleeting")),
+            flags: 0,
+        })
+        .await
+        .expect("reset");
+    events
+        .wait("fleeting", |e| matches!(e, domain_event::Event::Reboot(_)))
+        .await;
+    // The guest ignores the power button, so a reboot request is accepted and changes nothing.
+    env.client
+        .reboot_domain(RebootDomainRequest {
+            domain: Some(by_name("fleeting")),
+            flags: 0,
+        })
+        .await
+        .expect("reboot request delivered");
+    assert_eq!(env.state("fleeting").await.0, DomainState::Running);
+
+    env.destroy("fleeting").await;
+    let gone = env
+        .client
+        .lookup_domain(LookupDomainRequest {
+            domain: Some(by_name("fleeting")),
+        })
+        .await
+        .expect_err("a transient domain is gone once stopped");
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+}
