@@ -8,8 +8,15 @@
 # Idempotent and quick when everything is already installed.
 set -euo pipefail
 
-packages=(qemu-system-x86 qemu-utils libxml2-utils dnsmasq-base nftables iproute2 lvm2 socat busybox)
+# python3-grpcio, python3-grpc-tools: the example Python client and its test (python_client.rs);
+# bookworm's grpc_tools bundles protoc 3.5, too old for proto3 `optional`, so libclient/examples/
+# python/gen.sh uses protobuf-compiler (protoc 3.21) with grpc_python_plugin (protobuf-compiler-grpc).
+packages=(qemu-system-x86 qemu-utils libxml2-utils dnsmasq-base nftables iproute2 lvm2 socat busybox
+    python3-grpcio python3-grpc-tools protobuf-compiler protobuf-compiler-grpc)
 backported=(qemu-system-x86 qemu-utils)
+
+# isc-dhcp-client: `dhclient -6`, the DHCPv6 client of the IPv6 network test (networks.rs).
+packages+=(isc-dhcp-client)
 
 missing=()
 for p in "${packages[@]}"; do

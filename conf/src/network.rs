@@ -14,6 +14,12 @@
 //! bridge; isolated when absent; `dev` and `<interface dev>`), domain (name, localOnly), dns
 //! (enable, forwardPlainNames, forwarder, txt, srv, host), ip (IPv4 and IPv6, netmask or
 //! prefix, localPtr, tftp, dhcp ranges with lease, hosts by mac/id/name with lease, bootp).
+//!
+//! UpdateNetwork's elements are parsed on their own ([`parse_dhcp_host`], [`parse_dhcp_range`],
+//! [`parse_forward_interface`], [`parse_dns_host`], [`parse_dns_txt`], [`parse_dns_srv`]; the DNS
+//! ones may be partial to name a record to delete) and checked with the same rules as in a whole
+//! definition ([`validate_dhcp_host`], [`validate_dhcp_range`], [`validate_dns_host`],
+//! [`validate_dns_txt`], [`validate_dns_srv`]).
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -942,59 +948,13 @@ impl NetworkDef {
             }
         }
         for (i, txt) in dns.txt.iter().enumerate() {
-            let path = format!("/network/dns/txt[{}]", i + 1);
-            if txt.name.is_empty() || txt.name.contains([' ', ',']) {
-                return Err(invalid(
-                    format!("{path}/@name"),
-                    format!(
-                        "invalid TXT record name '{}': it must be non-empty, without spaces or commas",
-                        txt.name
-                    ),
-                ));
-            }
-            check_text(&format!("{path}/@value"), &txt.value)?;
+            validate_dns_txt(&format!("/network/dns/txt[{}]", i + 1), txt)?;
         }
         for (i, srv) in dns.srv.iter().enumerate() {
-            let path = format!("/network/dns/srv[{}]", i + 1);
-            if srv.service.is_empty() || srv.service.len() > 15 || srv.service.contains([' ', ',', '.']) {
-                return Err(invalid(
-                    format!("{path}/@service"),
-                    format!(
-                        "invalid SRV service '{}': use at most 15 characters without spaces, dots or commas",
-                        srv.service
-                    ),
-                ));
-            }
-            if srv.protocol != "tcp" && srv.protocol != "udp" {
-                return Err(invalid(
-                    format!("{path}/@protocol"),
-                    format!("invalid SRV protocol '{}': use tcp or udp", srv.protocol),
-                ));
-            }
-            for (attr, value) in [("domain", &srv.domain), ("target", &srv.target)] {
-                if let Some(v) = value {
-                    check_text(&format!("{path}/@{attr}"), v)?;
-                    if v.contains(',') {
-                        return Err(invalid(
-                            format!("{path}/@{attr}"),
-                            format!("invalid SRV {attr} '{v}': commas are not allowed"),
-                        ));
-                    }
-                }
-            }
+            validate_dns_srv(&format!("/network/dns/srv[{}]", i + 1), srv)?;
         }
         for (i, host) in dns.host.iter().enumerate() {
-            let path = format!("/network/dns/host[{}]", i + 1);
-            if host.hostname.is_empty() {
-                return Err(invalid(path, "a DNS <host> needs at least one <hostname>"));
-            }
-            for (j, name) in host.hostname.iter().enumerate() {
-                let hpath = format!("{path}/hostname[{}]", j + 1);
-                check_text(&hpath, name)?;
-                if name.is_empty() || name.contains(char::is_whitespace) {
-                    return Err(invalid(hpath, format!("invalid host name '{name}'")));
-                }
-            }
+            validate_dns_host(&format!("/network/dns/host[{}]", i + 1), host)?;
         }
         Ok(())
     }
@@ -1075,24 +1035,7 @@ impl NetworkDef {
             }
         }
         for (i, range) in dhcp.range.iter().enumerate() {
-            let rpath = format!("{path}/dhcp/range[{}]", i + 1);
-            for (attr, a) in [("start", range.start), ("end", range.end)] {
-                if !ip.contains(a) {
-                    return Err(invalid(
-                        format!("{rpath}/@{attr}"),
-                        format!("DHCP range {attr} {a} is not in the network {}", ip.subnet()),
-                    ));
-                }
-            }
-            if range_size(range.start, range.end) == 0 {
-                return Err(invalid(
-                    rpath,
-                    format!(
-                        "invalid DHCP range {} - {}: start must not be above end",
-                        range.start, range.end
-                    ),
-                ));
-            }
+            validate_dhcp_range(&format!("{path}/dhcp/range[{}]", i + 1), ip, range)?;
         }
         let mut macs = HashSet::new();
         for (i, host) in dhcp.host.iter().enumerate() {
@@ -1109,6 +1052,104 @@ impl NetworkDef {
         }
         Ok(())
     }
+}
+
+/// Checks one `<dhcp><range>` against its `<ip>`: both ends inside the subnet, start not above
+/// end.
+pub fn validate_dhcp_range(path: &str, ip: &Ip, range: &DhcpRange) -> Result<(), XmlError> {
+    for (attr, a) in [("start", range.start), ("end", range.end)] {
+        if !ip.contains(a) {
+            return Err(invalid(
+                format!("{path}/@{attr}"),
+                format!("DHCP range {attr} {a} is not in the network {}", ip.subnet()),
+            ));
+        }
+    }
+    if range_size(range.start, range.end) == 0 {
+        return Err(invalid(
+            path,
+            format!(
+                "invalid DHCP range {} - {}: start must not be above end",
+                range.start, range.end
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_txt_name(path: &str, name: &str) -> Result<(), XmlError> {
+    if name.is_empty() || name.contains([' ', ',']) || name.chars().any(char::is_control) {
+        return Err(invalid(
+            format!("{path}/@name"),
+            format!("invalid TXT record name '{name}': it must be non-empty, without spaces or commas"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one `<dns><txt>`: a name without spaces or commas, a value dnsmasq can take.
+pub fn validate_dns_txt(path: &str, txt: &DnsTxt) -> Result<(), XmlError> {
+    check_txt_name(path, &txt.name)?;
+    check_text(&format!("{path}/@value"), &txt.value)
+}
+
+fn check_srv_service(path: &str, service: &str) -> Result<(), XmlError> {
+    if service.is_empty() || service.len() > 15 || service.contains([' ', ',', '.']) {
+        return Err(invalid(
+            format!("{path}/@service"),
+            format!(
+                "invalid SRV service '{service}': use at most 15 characters without spaces, dots or commas"
+            ),
+        ));
+    }
+    check_text(&format!("{path}/@service"), service)
+}
+
+fn check_srv_protocol(path: &str, protocol: &str) -> Result<(), XmlError> {
+    if protocol != "tcp" && protocol != "udp" {
+        return Err(invalid(
+            format!("{path}/@protocol"),
+            format!("invalid SRV protocol '{protocol}': use tcp or udp"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks one `<dns><srv>`: service, protocol `tcp`/`udp`, domain and target dnsmasq can take.
+pub fn validate_dns_srv(path: &str, srv: &DnsSrv) -> Result<(), XmlError> {
+    check_srv_service(path, &srv.service)?;
+    check_srv_protocol(path, &srv.protocol)?;
+    for (attr, value) in [("domain", &srv.domain), ("target", &srv.target)] {
+        if let Some(v) = value {
+            check_text(&format!("{path}/@{attr}"), v)?;
+            if v.contains(',') {
+                return Err(invalid(
+                    format!("{path}/@{attr}"),
+                    format!("invalid SRV {attr} '{v}': commas are not allowed"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_hostname(path: &str, name: &str) -> Result<(), XmlError> {
+    check_text(path, name)?;
+    if name.is_empty() || name.contains(char::is_whitespace) {
+        return Err(invalid(path, format!("invalid host name '{name}'")));
+    }
+    Ok(())
+}
+
+/// Checks one `<dns><host>`: at least one `<hostname>`, each a single word.
+pub fn validate_dns_host(path: &str, host: &DnsHost) -> Result<(), XmlError> {
+    if host.hostname.is_empty() {
+        return Err(invalid(path, "a DNS <host> needs at least one <hostname>"));
+    }
+    for (j, name) in host.hostname.iter().enumerate() {
+        check_hostname(&format!("{path}/hostname[{}]", j + 1), name)?;
+    }
+    Ok(())
 }
 
 /// Checks one `<dhcp><host>` against its `<ip>`; `partial` allows the incomplete hosts that
@@ -1184,6 +1225,178 @@ pub fn validate_dhcp_host(path: &str, ip: &Ip, host: &DhcpHost, partial: bool) -
 /// Parses one `<host>` element (for UpdateNetwork's DHCP host section).
 pub fn parse_dhcp_host(text: &str) -> Result<DhcpHost, XmlError> {
     xml::from_str("host", text)
+}
+
+/// Parses one `<range>` element (UpdateNetwork's `ip-dhcp-range` section). Whether it fits
+/// its `<ip>` is [`validate_dhcp_range`]'s job.
+pub fn parse_dhcp_range(text: &str) -> Result<DhcpRange, XmlError> {
+    xml::from_str("range", text)
+}
+
+/// Parses one `<interface dev>` element (UpdateNetwork's `forward-interface` section).
+pub fn parse_forward_interface(text: &str) -> Result<ForwardInterface, XmlError> {
+    let mut iface: ForwardInterface = xml::from_str("interface", text)?;
+    iface.connections = None;
+    check_ifname("/interface/@dev", &iface.dev)?;
+    Ok(iface)
+}
+
+/// A `<dns><host>` given to UpdateNetwork: complete to add one; to name one to delete, the
+/// address or a host name is enough.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct DnsHostSpec {
+    /// The address.
+    #[serde(rename = "@ip", default)]
+    pub ip: Option<IpAddr>,
+    /// Host names.
+    #[serde(default)]
+    pub hostname: Vec<String>,
+}
+
+impl DnsHostSpec {
+    /// The complete record, when it is one.
+    pub fn to_host(&self) -> Option<DnsHost> {
+        Some(DnsHost {
+            ip: self.ip?,
+            hostname: self.hostname.clone(),
+        })
+        .filter(|h| !h.hostname.is_empty())
+    }
+}
+
+/// Parses one `<host ip><hostname/></host>` for UpdateNetwork's `dns-host` section; `partial`
+/// (deleting) lets it name a record by its address or one of its names only.
+pub fn parse_dns_host(text: &str, partial: bool) -> Result<DnsHostSpec, XmlError> {
+    let spec: DnsHostSpec = xml::from_str("host", text)?;
+    for (j, name) in spec.hostname.iter().enumerate() {
+        check_hostname(&format!("/host/hostname[{}]", j + 1), name)?;
+    }
+    if partial {
+        if spec.ip.is_none() && spec.hostname.is_empty() {
+            return Err(invalid(
+                "/host",
+                "give ip='...' or a <hostname> to name the DNS host record",
+            ));
+        }
+    } else if spec.ip.is_none() {
+        return Err(invalid("/host/@ip", "a DNS <host> needs ip='...'"));
+    } else if spec.hostname.is_empty() {
+        return Err(invalid("/host", "a DNS <host> needs at least one <hostname>"));
+    }
+    Ok(spec)
+}
+
+/// A `<dns><txt>` given to UpdateNetwork: complete to add one; the name alone names one to
+/// delete.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DnsTxtSpec {
+    /// The record name.
+    #[serde(rename = "@name")]
+    pub name: String,
+    /// Its value.
+    #[serde(rename = "@value", default)]
+    pub value: Option<String>,
+}
+
+/// Parses one `<txt name value/>` for UpdateNetwork's `dns-txt` section; `partial` (deleting)
+/// allows it without a value.
+pub fn parse_dns_txt(text: &str, partial: bool) -> Result<DnsTxtSpec, XmlError> {
+    let spec: DnsTxtSpec = xml::from_str("txt", text)?;
+    check_txt_name("/txt", &spec.name)?;
+    match &spec.value {
+        Some(value) => check_text("/txt/@value", value)?,
+        None if !partial => {
+            return Err(invalid("/txt/@value", "a DNS <txt> record needs value='...'"));
+        }
+        None => {}
+    }
+    Ok(spec)
+}
+
+/// A `<dns><srv>` given to UpdateNetwork: complete to add one; to name one to delete, any of
+/// service, protocol, domain and target may be left out (they then match anything).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct DnsSrvSpec {
+    /// The service.
+    #[serde(rename = "@service", default)]
+    pub service: Option<String>,
+    /// `tcp` or `udp`.
+    #[serde(rename = "@protocol", default)]
+    pub protocol: Option<String>,
+    /// The domain.
+    #[serde(rename = "@domain", default)]
+    pub domain: Option<String>,
+    /// The target host.
+    #[serde(rename = "@target", default)]
+    pub target: Option<String>,
+    /// Port.
+    #[serde(rename = "@port", default)]
+    pub port: Option<u16>,
+    /// Priority.
+    #[serde(rename = "@priority", default)]
+    pub priority: Option<u16>,
+    /// Weight.
+    #[serde(rename = "@weight", default)]
+    pub weight: Option<u16>,
+}
+
+impl DnsSrvSpec {
+    /// Whether `srv` has every field this spec gives among service, protocol, domain and
+    /// target (libvirt's matching rule).
+    pub fn matches(&self, srv: &DnsSrv) -> bool {
+        self.service.as_ref().is_none_or(|s| *s == srv.service)
+            && self.protocol.as_ref().is_none_or(|p| *p == srv.protocol)
+            && self
+                .domain
+                .as_ref()
+                .is_none_or(|d| srv.domain.as_ref() == Some(d))
+            && self
+                .target
+                .as_ref()
+                .is_none_or(|t| srv.target.as_ref() == Some(t))
+    }
+
+    /// The complete record, when it is one.
+    pub fn to_srv(&self) -> Option<DnsSrv> {
+        Some(DnsSrv {
+            service: self.service.clone()?,
+            protocol: self.protocol.clone()?,
+            domain: self.domain.clone(),
+            target: self.target.clone(),
+            port: self.port,
+            priority: self.priority,
+            weight: self.weight,
+        })
+    }
+}
+
+/// Parses one `<srv>` for UpdateNetwork's `dns-srv` section; `partial` (deleting) allows it
+/// without service or protocol.
+pub fn parse_dns_srv(text: &str, partial: bool) -> Result<DnsSrvSpec, XmlError> {
+    let spec: DnsSrvSpec = xml::from_str("srv", text)?;
+    match spec.to_srv() {
+        Some(srv) => validate_dns_srv("/srv", &srv)?,
+        None if !partial => {
+            let missing = if spec.service.is_none() {
+                "service"
+            } else {
+                "protocol"
+            };
+            return Err(invalid(
+                format!("/srv/@{missing}"),
+                format!("a DNS <srv> record needs {missing}='...'"),
+            ));
+        }
+        None => {
+            if let Some(service) = &spec.service {
+                check_srv_service("/srv", service)?;
+            }
+            if let Some(protocol) = &spec.protocol {
+                check_srv_protocol("/srv", protocol)?;
+            }
+        }
+    }
+    Ok(spec)
 }
 
 /// The lowest free name for `template` (`virbr%d`): `%d` replaced by 0, 1, 2, ..., skipping

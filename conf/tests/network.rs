@@ -243,6 +243,86 @@ fn dhcp_host_element_parses_for_updates() {
     assert_eq!(err.path, "/host/@colour");
 }
 
+#[test]
+fn dhcp_range_element_parses_for_updates_and_is_checked_against_its_ip() {
+    let range =
+        parse_dhcp_range("<range start='10.0.0.20' end='10.0.0.30'><lease expiry='1' unit='hours'/></range>")
+            .expect("range");
+    assert_eq!(range.start.to_string(), "10.0.0.20");
+    assert!(range.lease.is_some());
+    let net = parse("<network><name>n</name><ip address='10.0.0.1' prefix='24'/></network>");
+    validate_dhcp_range("/range", &net.ip[0], &range).expect("inside the subnet");
+    let outside = parse_dhcp_range("<range start='10.0.1.20' end='10.0.1.30'/>").expect("range");
+    let err = validate_dhcp_range("/range", &net.ip[0], &outside).expect_err("outside");
+    assert_eq!(err.path, "/range/@start");
+    let err = parse_dhcp_range("<range start='10.0.0.20'/>").expect_err("no end");
+    assert!(err.message.contains("end"), "{}", err.message);
+}
+
+#[test]
+fn dns_host_element_needs_ip_and_a_name_except_to_delete() {
+    let full = parse_dns_host("<host ip='10.0.0.5'><hostname>a</hostname></host>", false).expect("host");
+    assert_eq!(full.to_host().map(|h| h.hostname), Some(vec!["a".to_owned()]));
+    let err = parse_dns_host("<host><hostname>a</hostname></host>", false).expect_err("no ip");
+    assert_eq!(err.path, "/host/@ip");
+    let err = parse_dns_host("<host ip='10.0.0.5'/>", false).expect_err("no name");
+    assert_eq!(err.path, "/host");
+    let by_name = parse_dns_host("<host><hostname>a</hostname></host>", true).expect("partial");
+    assert!(by_name.ip.is_none() && by_name.to_host().is_none());
+    let err = parse_dns_host("<host/>", true).expect_err("nothing to match");
+    assert_eq!(err.path, "/host");
+    let err =
+        parse_dns_host("<host ip='10.0.0.5'><hostname>a b</hostname></host>", false).expect_err("space");
+    assert_eq!(err.path, "/host/hostname[1]");
+}
+
+#[test]
+fn dns_txt_element_needs_a_value_except_to_delete() {
+    let txt = parse_dns_txt("<txt name='k' value='v w'/>", false).expect("txt");
+    assert_eq!(txt.value.as_deref(), Some("v w"));
+    let err = parse_dns_txt("<txt name='k'/>", false).expect_err("no value");
+    assert_eq!(err.path, "/txt/@value");
+    assert!(parse_dns_txt("<txt name='k'/>", true).is_ok());
+    let err = parse_dns_txt("<txt name='a,b' value='v'/>", false).expect_err("comma");
+    assert_eq!(err.path, "/txt/@name");
+}
+
+#[test]
+fn dns_srv_element_matches_on_the_fields_given() {
+    let srv = parse_dns_srv(
+        "<srv service='ldap' protocol='tcp' domain='lab' target='a.lab' port='389' priority='1' weight='2'/>",
+        false,
+    )
+    .expect("srv");
+    let full = srv.to_srv().expect("complete");
+    assert_eq!(
+        (full.port, full.priority, full.weight),
+        (Some(389), Some(1), Some(2))
+    );
+    let by_target = parse_dns_srv("<srv target='a.lab'/>", true).expect("partial");
+    assert!(by_target.matches(&full));
+    let other = parse_dns_srv("<srv target='b.lab'/>", true).expect("partial");
+    assert!(!other.matches(&full));
+    let err = parse_dns_srv("<srv protocol='tcp'/>", false).expect_err("no service");
+    assert_eq!(err.path, "/srv/@service");
+    let err = parse_dns_srv("<srv service='ldap' protocol='sctp'/>", true).expect_err("bad protocol");
+    assert_eq!(err.path, "/srv/@protocol");
+}
+
+#[test]
+fn forward_interface_element_needs_a_valid_device_name() {
+    assert_eq!(
+        parse_forward_interface("<interface dev='eth0'/>")
+            .expect("interface")
+            .dev,
+        "eth0"
+    );
+    let err = parse_forward_interface("<interface dev='a/b'/>").expect_err("slash");
+    assert_eq!(err.path, "/interface/@dev");
+    let err = parse_forward_interface("<host dev='eth0'/>").expect_err("wrong element");
+    assert_eq!(err.path, "/host");
+}
+
 const PORT: &str = "<networkport><uuid>5D2BCEF0-5A43-4B6D-9E5B-0E1B1F0C0A01</uuid>\
     <owner><name>vm1</name><uuid>c7a5fdbd-edaf-9455-926a-d65c16db1809</uuid></owner>\
     <mac address='52:54:00:AB:CD:EF'/><plug type='network' bridge='virbr0'/></networkport>";

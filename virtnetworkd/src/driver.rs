@@ -21,8 +21,7 @@ use std::time::{Duration, SystemTime};
 
 use rvirt_conf::XmlError;
 use rvirt_conf::network::{
-    DhcpHost, ForwardMode, Nat, NetworkDef, NetworkPortDef, Plug, PlugType, allocate_bridge_name,
-    canonical_mac, parse_dhcp_host, validate_dhcp_host,
+    ForwardMode, Nat, NetworkDef, NetworkPortDef, Plug, PlugType, allocate_bridge_name, canonical_mac,
 };
 use rvirt_daemon::atomic::{remove_durable, write_atomic};
 use rvirt_daemon::events::EventLog;
@@ -369,28 +368,22 @@ pub mod update {
     pub const ADD_FIRST: i32 = 4;
     /// The `<ip><dhcp><host>` section.
     pub const SECTION_IP_DHCP_HOST: i32 = 4;
+    /// The `<ip><dhcp><range>` section.
+    pub const SECTION_IP_DHCP_RANGE: i32 = 5;
+    /// The `<forward><interface>` section.
+    pub const SECTION_FORWARD_INTERFACE: i32 = 7;
+    /// The `<portgroup>` section.
+    pub const SECTION_PORTGROUP: i32 = 9;
+    /// The `<dns><host>` section.
+    pub const SECTION_DNS_HOST: i32 = 10;
+    /// The `<dns><txt>` section.
+    pub const SECTION_DNS_TXT: i32 = 11;
+    /// The `<dns><srv>` section.
+    pub const SECTION_DNS_SRV: i32 = 12;
     /// Flag: the live network.
     pub const AFFECT_LIVE: u32 = 1;
     /// Flag: the persistent definition.
     pub const AFFECT_CONFIG: u32 = 2;
-}
-
-fn section_name(section: i32) -> &'static str {
-    match section {
-        1 => "bridge",
-        2 => "domain",
-        3 => "ip",
-        4 => "ip-dhcp-host",
-        5 => "ip-dhcp-range",
-        6 => "forward",
-        7 => "forward-interface",
-        8 => "forward-pf",
-        9 => "portgroup",
-        10 => "dns-host",
-        11 => "dns-txt",
-        12 => "dns-srv",
-        _ => "unknown",
-    }
 }
 
 fn random_mac_tail() -> [u8; 3] {
@@ -900,6 +893,7 @@ impl NetworkDriver {
                 .iter()
                 .map(|ip| (ip.addr(), ip.prefix_len().unwrap_or(0)))
                 .collect(),
+            ipv6: def.ip.iter().any(|ip| ip.is_ipv6()),
         };
         self.host
             .create_bridge(&spec)
@@ -1036,8 +1030,15 @@ impl NetworkDriver {
     // Update
     // ---------------------------------------------------------------------------------------
 
-    /// Changes one DHCP host of a network, live (rewriting dnsmasq's hosts file and sending it
-    /// SIGHUP) and/or in its persistent definition.
+    /// Changes one element of a network (libvirt's virNetworkUpdate): a DHCP host or range, a
+    /// forward interface, a DNS host, TXT or SRV record; live, in the persistent definition, or
+    /// both.
+    ///
+    /// The persistent definition is replaced atomically first; then the running network is
+    /// changed: hosts files rewritten and dnsmasq sent SIGHUP when only they changed, dnsmasq
+    /// restarted when its configuration changed (ranges, TXT and SRV records, DHCP turned on or
+    /// off), the firewall replaced for forward interfaces. If the live change fails, the host
+    /// and the saved definition are put back as they were and nothing changes.
     pub async fn update(
         &self,
         key: &Key,
@@ -1047,22 +1048,7 @@ impl NetworkDriver {
         xml: &str,
         flags: u32,
     ) -> Result<(), NetError> {
-        if section != update::SECTION_IP_DHCP_HOST {
-            return Err(NetError::new(
-                ErrorCode::OperationUnsupported,
-                format!(
-                    "Cannot update the '{}' section of a network: rvirt updates DHCP hosts (ip-dhcp-host) only",
-                    section_name(section)
-                ),
-            ));
-        }
-        if !(update::MODIFY..=update::ADD_FIRST).contains(&command) {
-            return Err(NetError::new(
-                ErrorCode::InvalidArg,
-                format!("Unknown network update command {command}"),
-            ));
-        }
-        let host = parse_dhcp_host(xml).map_err(NetError::xml)?;
+        let element = sections::parse(command, section, xml)?;
         let _ops = self.ops.lock().await;
         let (name, obj) = self.resolve(key)?;
         let active = obj.runtime.is_some();
@@ -1082,7 +1068,7 @@ impl NetworkDriver {
         }
         let new_live = if live {
             let mut d = obj.live.clone();
-            apply_host_update(&mut d, command, parent_index, &host)?;
+            sections::apply(&mut d, command, parent_index, &element)?;
             Some(d)
         } else {
             None
@@ -1090,7 +1076,7 @@ impl NetworkDriver {
         let new_config = match (&obj.persistent, config) {
             (Some(p), true) => {
                 let mut d = p.clone();
-                apply_host_update(&mut d, command, parent_index, &host)?;
+                sections::apply(&mut d, command, parent_index, &element)?;
                 Some(d)
             }
             _ => None,
@@ -1098,21 +1084,23 @@ impl NetworkDriver {
         if let Some(def) = &new_config {
             self.save_config(def)?;
         }
+        let mut new_runtime = None;
         if let (Some(def), Some(runtime)) = (&new_live, &obj.runtime) {
-            if runtime.dnsmasq_pid.is_some() {
-                let path = self.paths.dnsmasq_file(&name, "hostsfile");
-                write_atomic(&path, dnsmasq::hostsfile(def).as_bytes(), 0o644)
-                    .map_err(|e| NetError::io("write", &path, e))?;
-            }
-            self.write_status(def, runtime)?;
-            if let Some(pid) = runtime.dnsmasq_pid
-                && self
-                    .host
-                    .dnsmasq_alive(pid, &self.paths.dnsmasq_file(&name, "conf"))
-            {
-                self.host
-                    .reload_dnsmasq(pid)
-                    .map_err(|e| NetError::failed(format!("Cannot make dnsmasq re-read its hosts: {e}")))?;
+            match self.change_live(&obj.live, def, runtime, element.effect()).await {
+                Ok(r) => new_runtime = Some(r),
+                Err((now, e)) => {
+                    if let (Some(_), Some(old)) = (&new_config, &obj.persistent)
+                        && let Err(e2) = self.save_config(old)
+                    {
+                        tracing::warn!(network = %name, error = %e2, "cannot restore the persistent definition after a failed update");
+                    }
+                    if now != *runtime
+                        && let Some(o) = self.write().get_mut(&name)
+                    {
+                        o.runtime = Some(now);
+                    }
+                    return Err(e);
+                }
             }
         }
         let mut networks = self.write();
@@ -1125,8 +1113,163 @@ impl NetworkDriver {
             if let Some(d) = new_config {
                 o.persistent = Some(d);
             }
+            if let Some(r) = new_runtime {
+                o.runtime = Some(r);
+            }
         }
         Ok(())
+    }
+
+    /// Changes the running network from `old` to `new` and records it in the status file. On
+    /// failure the host is put back to `old` (as far as possible) and the runtime as it then
+    /// is comes back with the error.
+    async fn change_live(
+        &self,
+        old: &NetworkDef,
+        new: &NetworkDef,
+        runtime: &Runtime,
+        effect: sections::Effect,
+    ) -> Result<Runtime, (Runtime, NetError)> {
+        let (after, result) = self.change_host(old, new, runtime, effect).await;
+        if let Err(e) = result {
+            let _ = self.write_status(old, &after);
+            return Err((after, e));
+        }
+        if let Err(e) = self.write_status(new, &after) {
+            let (restored, undo) = self.change_host(new, old, &after, effect).await;
+            if let Err(e2) = undo {
+                tracing::warn!(network = %new.name, error = %e2, "cannot undo a live update");
+            }
+            return Err((restored, e));
+        }
+        Ok(after)
+    }
+
+    /// Makes the host match `to` instead of `from` for `effect`; returns the runtime as it is
+    /// afterwards, and whether that worked (on failure `from`'s state is restored).
+    async fn change_host(
+        &self,
+        from: &NetworkDef,
+        to: &NetworkDef,
+        runtime: &Runtime,
+        effect: sections::Effect,
+    ) -> (Runtime, Result<(), NetError>) {
+        let mut runtime = runtime.clone();
+        match effect {
+            sections::Effect::Firewall => {
+                let script = nft::apply_script(to);
+                if script != nft::apply_script(from)
+                    && let Some(script) = script
+                {
+                    if let Err(e) = self.host.nft(&script).await {
+                        return (
+                            runtime,
+                            Err(NetError::failed(format!(
+                                "Cannot change the firewall rules of network '{}': {e}",
+                                to.name
+                            ))),
+                        );
+                    }
+                    runtime.tables = nft::tables(to);
+                }
+                (runtime, Ok(()))
+            }
+            sections::Effect::Dnsmasq => {
+                let (pid, result) = self.change_dnsmasq(from, to, runtime.dnsmasq_pid).await;
+                runtime.dnsmasq_pid = pid;
+                (runtime, result)
+            }
+        }
+    }
+
+    fn write_dnsmasq_file(&self, name: &str, ext: &str, text: &str) -> Result<(), NetError> {
+        let path = self.paths.dnsmasq_file(name, ext);
+        write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| NetError::io("write", &path, e))
+    }
+
+    /// Moves dnsmasq from `from`'s configuration to `to`'s: SIGHUP when only the hosts files
+    /// differ, else a restart (dnsmasq reads its configuration file only when it starts). Returns
+    /// the pid of the dnsmasq running afterwards; on failure `from`'s files and dnsmasq are put
+    /// back.
+    async fn change_dnsmasq(
+        &self,
+        from: &NetworkDef,
+        to: &NetworkDef,
+        pid: Option<u32>,
+    ) -> (Option<u32>, Result<(), NetError>) {
+        let name = &to.name;
+        let paths = self.paths.dnsmasq_paths(name);
+        let conf = self.paths.dnsmasq_file(name, "conf");
+        let alive = pid.filter(|p| self.host.dnsmasq_alive(*p, &conf));
+        let old_files = dnsmasq::needed(from)
+            .then(|| dnsmasq::generate(from, &paths).ok())
+            .flatten();
+        let new_files = if dnsmasq::needed(to) {
+            match dnsmasq::generate(to, &paths) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    return (
+                        alive,
+                        Err(NetError::new(
+                            ErrorCode::ConfigUnsupported,
+                            format!("Cannot configure dnsmasq for network '{name}': {e}"),
+                        )),
+                    );
+                }
+            }
+        } else {
+            None
+        };
+        if let (Some(pid), Some(new), Some(old)) = (alive, &new_files, &old_files)
+            && new.conf == old.conf
+        {
+            let written = self
+                .write_dnsmasq_file(name, "hostsfile", &new.hostsfile)
+                .and_then(|()| self.write_dnsmasq_file(name, "addnhosts", &new.addnhosts));
+            let result = written.and_then(|()| {
+                self.host.reload_dnsmasq(pid).map_err(|e| {
+                    NetError::failed(format!("Cannot make dnsmasq re-read its hosts files: {e}"))
+                })
+            });
+            if result.is_err() {
+                let _ = self.write_dnsmasq_file(name, "hostsfile", &old.hostsfile);
+                let _ = self.write_dnsmasq_file(name, "addnhosts", &old.addnhosts);
+            }
+            return (Some(pid), result);
+        }
+        if let Some(pid) = alive
+            && let Err(e) = self.host.stop_process(pid).await
+        {
+            return (
+                Some(pid),
+                Err(NetError::failed(format!(
+                    "Cannot stop dnsmasq of network '{name}' to restart it: {e}"
+                ))),
+            );
+        }
+        if new_files.is_none() {
+            for ext in ["conf", "hostsfile", "addnhosts", "pid"] {
+                let _ = std::fs::remove_file(self.paths.dnsmasq_file(name, ext));
+            }
+            return (None, Ok(()));
+        }
+        match self.spawn_dnsmasq(to).await {
+            Ok(pid) => (Some(pid), Ok(())),
+            Err(e) => {
+                let restored = if alive.is_some() {
+                    match self.spawn_dnsmasq(from).await {
+                        Ok(pid) => Some(pid),
+                        Err(e2) => {
+                            tracing::warn!(network = %name, error = %e2, "cannot restart the previous dnsmasq");
+                            None
+                        }
+                    }
+                } else {
+                    None
+                };
+                (restored, Err(e))
+            }
+        }
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1588,132 +1731,11 @@ fn mac_bytes(text: &str) -> Option<[u8; 6]> {
     Some(out)
 }
 
-fn host_matches_any(a: &DhcpHost, b: &DhcpHost) -> bool {
-    a.mac
-        .as_deref()
-        .zip(b.mac.as_deref())
-        .is_some_and(|(x, y)| same_mac(x, y))
-        || a.ip.is_some() && a.ip == b.ip
-        || a.name.is_some() && a.name == b.name
-}
-
-fn host_matches_all(spec: &DhcpHost, existing: &DhcpHost) -> bool {
-    spec.mac
-        .as_deref()
-        .is_none_or(|m| existing.mac.as_deref().is_none_or(|e| same_mac(m, e)))
-        && spec
-            .name
-            .as_ref()
-            .is_none_or(|n| existing.name.as_ref() == Some(n))
-        && spec.ip.is_none_or(|ip| existing.ip == Some(ip))
-}
-
-/// Applies one DHCP host change to `def` (libvirt's virNetworkDefUpdateIPDHCPHost rules), then
-/// re-checks the whole definition.
-fn apply_host_update(
-    def: &mut NetworkDef,
-    command: i32,
-    parent_index: i32,
-    host: &DhcpHost,
-) -> Result<(), NetError> {
-    let index = if parent_index >= 0 {
-        let i = usize::try_from(parent_index).unwrap_or(usize::MAX);
-        if i >= def.ip.len() {
-            return Err(NetError::invalid(format!(
-                "Network '{}' has no <ip> element at index {parent_index}",
-                def.name
-            )));
-        }
-        i
-    } else {
-        def.ip
-            .iter()
-            .position(|ip| ip.has_dhcp())
-            .or_else(|| def.ip.iter().position(|ip| !ip.is_ipv6()))
-            .or_else(|| def.ip.iter().position(|ip| ip.is_ipv6()))
-            .ok_or_else(|| {
-                NetError::invalid(format!(
-                    "Network '{}' has no <ip> element to hold DHCP hosts",
-                    def.name
-                ))
-            })?
-    };
-    let path = format!("/network/ip[{}]/dhcp/host", index + 1);
-    let ip = &def.ip[index];
-    validate_dhcp_host(&path, ip, host, command == update::DELETE).map_err(NetError::xml)?;
-    if command != update::DELETE && host.ip.is_some_and(|a| a.is_ipv6() != ip.is_ipv6()) {
-        return Err(NetError::invalid(
-            "The address family of a host entry must match that of the <ip> element it is added to",
-        ));
-    }
-    let family_v6 = ip.is_ipv6();
-    let other_dhcp = def
-        .ip
-        .iter()
-        .enumerate()
-        .any(|(i, other)| i != index && other.is_ipv6() == family_v6 && other.has_dhcp());
-    let hosts = &mut def.ip[index].dhcp.get_or_insert_with(Default::default).host;
-    match command {
-        update::MODIFY => {
-            let Some(i) = hosts.iter().position(|h| host_matches_any(host, h)) else {
-                return Err(NetError::invalid(format!(
-                    "Cannot find a DHCP host entry matching mac, name or ip of {:?} in network '{}'",
-                    host.mac
-                        .as_deref()
-                        .or(host.name.as_deref())
-                        .unwrap_or("the entry"),
-                    def.name
-                )));
-            };
-            hosts[i] = host.clone();
-        }
-        update::ADD_FIRST | update::ADD_LAST => {
-            if other_dhcp {
-                return Err(NetError::invalid(format!(
-                    "DHCP is supported on one {} address per network only",
-                    if family_v6 { "IPv6" } else { "IPv4" }
-                )));
-            }
-            if hosts.iter().any(|h| host_matches_any(host, h)) {
-                return Err(NetError::invalid(format!(
-                    "Network '{}' already has a DHCP host entry with the same mac, name or ip",
-                    def.name
-                )));
-            }
-            if command == update::ADD_FIRST {
-                hosts.insert(0, host.clone());
-            } else {
-                hosts.push(host.clone());
-            }
-        }
-        _ => {
-            let Some(i) = hosts.iter().position(|h| host_matches_all(host, h)) else {
-                return Err(NetError::invalid(format!(
-                    "Cannot find a matching DHCP host entry in network '{}'",
-                    def.name
-                )));
-            };
-            hosts.remove(i);
-        }
-    }
-    if def.ip[index]
-        .dhcp
-        .as_ref()
-        .is_some_and(|d| d.range.is_empty() && d.host.is_empty())
-    {
-        def.ip[index].dhcp = None;
-    }
-    // Re-check the whole definition as if it were parsed anew.
-    let xml = def.to_xml().map_err(NetError::xml)?;
-    let mut checked = NetworkDef::parse(&xml).map_err(NetError::xml)?;
-    checked.connections = def.connections;
-    *def = checked;
-    Ok(())
-}
-
 fn connections(ports: usize) -> Option<u32> {
     (ports > 0).then(|| u32::try_from(ports).unwrap_or(u32::MAX))
 }
+
+mod sections;
 
 #[cfg(test)]
 mod tests;

@@ -1,7 +1,7 @@
 //! The one place rvirt talks rtnetlink (the crate's API moves fast: it is pinned in the
-//! workspace and wrapped here): list links, create a bridge with its MAC, MTU, STP, forward delay
-//! and addresses, bring it up, delete a link. Everything happens in the network namespace the
-//! daemon runs in.
+//! workspace and wrapped here): list links, create a bridge with its MAC, MTU, STP, forward delay,
+//! IPv6 settings (`/proc/sys/net/ipv6/conf/BRIDGE`) and addresses, bring it up, delete a link.
+//! Everything happens in the network namespace the daemon runs in.
 
 use std::net::IpAddr;
 
@@ -52,6 +52,8 @@ pub struct BridgeSpec {
     pub delay: u64,
     /// Addresses with their prefix lengths.
     pub addresses: Vec<(IpAddr, u8)>,
+    /// IPv6 on the bridge (the network has an IPv6 address); else it is disabled.
+    pub ipv6: bool,
 }
 
 fn connect() -> Result<Handle, NetlinkError> {
@@ -144,6 +146,7 @@ async fn configure(handle: &Handle, spec: &BridgeSpec) -> Result<(), NetlinkErro
             message: "it vanished after being created".into(),
             errno: None,
         })?;
+    ipv6_sysctls(&spec.name, spec.ipv6)?;
     for (addr, prefix) in &spec.addresses {
         handle
             .address()
@@ -159,6 +162,29 @@ async fn configure(handle: &Handle, spec: &BridgeSpec) -> Result<(), NetlinkErro
         .execute()
         .await
         .map_err(|e| error(format!("bring {} up", spec.name), e))
+}
+
+/// The bridge's IPv6 settings, as libvirt makes them: IPv6 on only when the network uses it;
+/// never accepting router advertisements (a guest must not configure the host) nor
+/// autoconfiguring (the bridge is the guests' router).
+fn ipv6_sysctls(name: &str, enable: bool) -> Result<(), NetlinkError> {
+    let dir = std::path::Path::new("/proc/sys/net/ipv6/conf").join(name);
+    if !dir.exists() {
+        // The kernel has IPv6 off: nothing to set (an IPv6 address fails when it is added).
+        return Ok(());
+    }
+    for (key, value) in [
+        ("disable_ipv6", if enable { "0" } else { "1" }),
+        ("accept_ra", "0"),
+        ("autoconf", "0"),
+    ] {
+        std::fs::write(dir.join(key), value).map_err(|e| NetlinkError {
+            what: format!("set net.ipv6.conf.{name}.{key}"),
+            message: e.to_string(),
+            errno: e.raw_os_error(),
+        })?;
+    }
+    Ok(())
 }
 
 /// Deletes interface `name`; a missing interface is not an error.

@@ -436,7 +436,7 @@ async fn dhcp_host_updates_are_checked() {
     assert_eq!(err.code, ErrorCode::OperationInvalid);
     let err = f
         .driver
-        .update(&k, update::ADD_LAST, 10, -1, HOST, 0)
+        .update(&k, update::ADD_LAST, update::SECTION_PORTGROUP, -1, HOST, 0)
         .await
         .expect_err("section");
     assert_eq!(err.code, ErrorCode::OperationUnsupported);
@@ -677,4 +677,492 @@ async fn a_host_bridge_network_plugs_ports_into_the_host_bridge() {
         (port.plug_type.as_str(), port.plug_device.as_str()),
         ("bridge", "br0")
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// UpdateNetwork sections beyond DHCP hosts
+// ---------------------------------------------------------------------------------------------
+
+const SMALL: &str = "<network><name>default</name><forward mode='nat'/>\
+    <ip address='192.168.122.1' netmask='255.255.255.0'><dhcp>\
+    <range start='192.168.122.2' end='192.168.122.99'/></dhcp></ip></network>";
+
+/// A running network from `xml`, and the pid of its dnsmasq.
+async fn running(xml: &str) -> (Fixture, u32) {
+    let f = fixture();
+    f.driver.define(xml).await.expect("define");
+    f.driver.start(&name("default")).await.expect("start");
+    let pid = f.host.processes()[0];
+    (f, pid)
+}
+
+impl Fixture {
+    async fn update(&self, command: i32, section: i32, xml: &str, flags: u32) -> Result<(), NetError> {
+        self.driver
+            .update(&name("default"), command, section, -1, xml, flags)
+            .await
+    }
+
+    fn dnsmasq(&self, ext: &str) -> String {
+        std::fs::read_to_string(self.paths.dnsmasq_file("default", ext)).unwrap_or_default()
+    }
+
+    fn calls_since(&self, n: usize) -> Vec<String> {
+        self.host.calls()[n..].to_vec()
+    }
+
+    fn live_xml(&self) -> String {
+        self.driver.xml(&name("default"), false).expect("xml")
+    }
+
+    fn config_xml(&self) -> String {
+        std::fs::read_to_string(self.paths.config_file("default")).expect("config file")
+    }
+}
+
+#[tokio::test]
+async fn adding_a_dhcp_range_live_restarts_dnsmasq_with_it() {
+    let (f, pid) = running(SMALL).await;
+    let before = f.host.calls().len();
+    f.update(
+        update::ADD_LAST,
+        update::SECTION_IP_DHCP_RANGE,
+        "<range start='192.168.122.100' end='192.168.122.150'/>",
+        update::AFFECT_LIVE,
+    )
+    .await
+    .expect("add range");
+    let calls = f.calls_since(before);
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0], format!("stop_process {pid}"));
+    assert!(calls[1].starts_with("start_dnsmasq "), "{calls:?}");
+    let conf = f.dnsmasq("conf");
+    assert!(
+        conf.contains("\ndhcp-range=192.168.122.2,192.168.122.99,255.255.255.0\n")
+            && conf.contains("\ndhcp-range=192.168.122.100,192.168.122.150,255.255.255.0\n")
+            && conf.contains("\ndhcp-lease-max=149\n"),
+        "{conf}"
+    );
+    let new_pid = f.host.processes();
+    assert_eq!(new_pid.len(), 1);
+    assert_ne!(new_pid[0], pid);
+    let status = std::fs::read_to_string(f.paths.status_file("default")).expect("status");
+    assert!(
+        status.contains(&format!("dnsmasqPid=\"{}\"", new_pid[0])) && status.contains("192.168.122.150"),
+        "{status}"
+    );
+    assert!(f.live_xml().contains("192.168.122.150"));
+    assert!(!f.config_xml().contains("192.168.122.150"), "config untouched");
+}
+
+#[tokio::test]
+async fn deleting_a_dhcp_range_removes_it_from_dnsmasq() {
+    let (f, _) = running(SMALL).await;
+    f.update(
+        update::ADD_FIRST,
+        update::SECTION_IP_DHCP_RANGE,
+        "<range start='192.168.122.100' end='192.168.122.150'/>",
+        update::AFFECT_LIVE,
+    )
+    .await
+    .expect("add range");
+    assert!(
+        f.live_xml()
+            .find("192.168.122.100")
+            .is_some_and(|i| f.live_xml().find("192.168.122.2\"").is_some_and(|j| i < j)),
+        "add-first puts it first: {}",
+        f.live_xml()
+    );
+    f.update(
+        update::DELETE,
+        update::SECTION_IP_DHCP_RANGE,
+        "<range start='192.168.122.2' end='192.168.122.99'/>",
+        update::AFFECT_LIVE,
+    )
+    .await
+    .expect("delete range");
+    let conf = f.dnsmasq("conf");
+    assert!(!conf.contains("192.168.122.99"), "{conf}");
+    assert!(
+        conf.contains("dhcp-range=192.168.122.100,192.168.122.150,"),
+        "{conf}"
+    );
+}
+
+#[tokio::test]
+async fn dhcp_range_updates_follow_libvirts_rules() {
+    let (f, _) = running(SMALL).await;
+    let range = "<range start='192.168.122.2' end='192.168.122.99'/>";
+    let modify = f
+        .update(update::MODIFY, update::SECTION_IP_DHCP_RANGE, range, 0)
+        .await
+        .expect_err("modify");
+    assert_eq!(modify.code, ErrorCode::OperationUnsupported);
+    let dup = f
+        .update(update::ADD_LAST, update::SECTION_IP_DHCP_RANGE, range, 0)
+        .await
+        .expect_err("duplicate");
+    assert_eq!(dup.code, ErrorCode::OperationInvalid);
+    let outside = f
+        .update(
+            update::ADD_LAST,
+            update::SECTION_IP_DHCP_RANGE,
+            "<range start='10.0.0.2' end='10.0.0.9'/>",
+            0,
+        )
+        .await
+        .expect_err("outside");
+    assert_eq!(outside.code, ErrorCode::XmlError);
+    let family = f
+        .update(
+            update::ADD_LAST,
+            update::SECTION_IP_DHCP_RANGE,
+            "<range start='fd00::2' end='fd00::9'/>",
+            0,
+        )
+        .await
+        .expect_err("family");
+    assert_eq!(family.code, ErrorCode::OperationInvalid);
+    let missing = f
+        .update(
+            update::DELETE,
+            update::SECTION_IP_DHCP_RANGE,
+            "<range start='192.168.122.2' end='192.168.122.9'/>",
+            0,
+        )
+        .await
+        .expect_err("missing");
+    assert_eq!(missing.code, ErrorCode::OperationInvalid);
+    let wrong = f
+        .update(
+            update::ADD_LAST,
+            update::SECTION_IP_DHCP_RANGE,
+            "<host ip='1.2.3.4'/>",
+            0,
+        )
+        .await
+        .expect_err("wrong element");
+    assert_eq!(wrong.code, ErrorCode::XmlError);
+}
+
+#[tokio::test]
+async fn adding_a_dns_host_live_rewrites_addnhosts_and_sends_sighup() {
+    let (f, pid) = running(SMALL).await;
+    let before = f.host.calls().len();
+    f.update(
+        update::ADD_LAST,
+        update::SECTION_DNS_HOST,
+        "<host ip='192.168.122.7'><hostname>db</hostname><hostname>db.lab</hostname></host>",
+        0,
+    )
+    .await
+    .expect("add dns host");
+    assert_eq!(f.dnsmasq("addnhosts"), "192.168.122.7\tdb\tdb.lab\t\n");
+    assert_eq!(f.calls_since(before), vec![format!("reload_dnsmasq {pid}")]);
+    assert_eq!(f.host.processes(), vec![pid], "dnsmasq was not restarted");
+    assert!(f.live_xml().contains("<hostname>db.lab</hostname>"));
+}
+
+#[tokio::test]
+async fn a_dns_host_is_deleted_by_address_or_name() {
+    let (f, _) = running(SMALL).await;
+    for (ip, n) in [("192.168.122.7", "a"), ("192.168.122.8", "b")] {
+        f.update(
+            update::ADD_LAST,
+            update::SECTION_DNS_HOST,
+            &format!("<host ip='{ip}'><hostname>{n}</hostname></host>"),
+            0,
+        )
+        .await
+        .expect("add");
+    }
+    let dup = f
+        .update(
+            update::ADD_LAST,
+            update::SECTION_DNS_HOST,
+            "<host ip='192.168.122.7'><hostname>c</hostname></host>",
+            0,
+        )
+        .await
+        .expect_err("same address");
+    assert_eq!(dup.code, ErrorCode::OperationInvalid);
+    let modify = f
+        .update(
+            update::MODIFY,
+            update::SECTION_DNS_HOST,
+            "<host ip='192.168.122.7'><hostname>c</hostname></host>",
+            0,
+        )
+        .await
+        .expect_err("modify");
+    assert_eq!(modify.code, ErrorCode::OperationUnsupported);
+    f.update(
+        update::DELETE,
+        update::SECTION_DNS_HOST,
+        "<host><hostname>b</hostname></host>",
+        0,
+    )
+    .await
+    .expect("delete by name");
+    f.update(
+        update::DELETE,
+        update::SECTION_DNS_HOST,
+        "<host ip='192.168.122.7'/>",
+        0,
+    )
+    .await
+    .expect("delete by address");
+    assert_eq!(f.dnsmasq("addnhosts"), "");
+    assert!(!f.live_xml().contains("<dns"), "an empty <dns> is dropped");
+    let missing = f
+        .update(
+            update::DELETE,
+            update::SECTION_DNS_HOST,
+            "<host ip='192.168.122.7'/>",
+            0,
+        )
+        .await
+        .expect_err("gone");
+    assert_eq!(missing.code, ErrorCode::OperationInvalid);
+}
+
+#[tokio::test]
+async fn dns_txt_records_are_added_and_deleted_by_name_restarting_dnsmasq() {
+    let (f, pid) = running(SMALL).await;
+    let before = f.host.calls().len();
+    f.update(
+        update::ADD_LAST,
+        update::SECTION_DNS_TXT,
+        "<txt name='info' value='hello world'/>",
+        0,
+    )
+    .await
+    .expect("add txt");
+    assert!(f.dnsmasq("conf").contains("\ntxt-record=info,hello world\n"));
+    assert_eq!(
+        f.calls_since(before)[0],
+        format!("stop_process {pid}"),
+        "TXT records are in the configuration: dnsmasq is restarted"
+    );
+    let dup = f
+        .update(
+            update::ADD_LAST,
+            update::SECTION_DNS_TXT,
+            "<txt name='info' value='x'/>",
+            0,
+        )
+        .await
+        .expect_err("dup");
+    assert_eq!(dup.code, ErrorCode::OperationInvalid);
+    let incomplete = f
+        .update(
+            update::ADD_LAST,
+            update::SECTION_DNS_TXT,
+            "<txt name='other'/>",
+            0,
+        )
+        .await
+        .expect_err("no value");
+    assert_eq!(incomplete.code, ErrorCode::XmlError);
+    f.update(update::DELETE, update::SECTION_DNS_TXT, "<txt name='info'/>", 0)
+        .await
+        .expect("delete by name");
+    assert!(!f.dnsmasq("conf").contains("txt-record"));
+}
+
+#[tokio::test]
+async fn dns_srv_records_are_deleted_by_the_fields_given() {
+    let (f, _) = running(SMALL).await;
+    for target in ["a.lab", "b.lab"] {
+        f.update(
+            update::ADD_LAST,
+            update::SECTION_DNS_SRV,
+            &format!("<srv service='ldap' protocol='tcp' domain='lab' target='{target}' port='389'/>"),
+            0,
+        )
+        .await
+        .expect("add srv");
+    }
+    assert!(
+        f.dnsmasq("conf")
+            .contains("\nsrv-host=_ldap._tcp.lab,a.lab,389\nsrv-host=_ldap._tcp.lab,b.lab,389\n"),
+        "{}",
+        f.dnsmasq("conf")
+    );
+    let ambiguous = f
+        .update(
+            update::DELETE,
+            update::SECTION_DNS_SRV,
+            "<srv service='ldap'/>",
+            0,
+        )
+        .await
+        .expect_err("two match");
+    assert_eq!(ambiguous.code, ErrorCode::OperationInvalid);
+    f.update(
+        update::DELETE,
+        update::SECTION_DNS_SRV,
+        "<srv service='ldap' target='a.lab'/>",
+        0,
+    )
+    .await
+    .expect("delete one");
+    let conf = f.dnsmasq("conf");
+    assert!(!conf.contains("a.lab") && conf.contains("b.lab"), "{conf}");
+    let bad = f
+        .update(
+            update::ADD_LAST,
+            update::SECTION_DNS_SRV,
+            "<srv service='x' protocol='sctp'/>",
+            0,
+        )
+        .await
+        .expect_err("protocol");
+    assert_eq!(bad.code, ErrorCode::XmlError);
+    assert_eq!(bad.xml_path, "/srv/@protocol");
+}
+
+#[tokio::test]
+async fn forward_interfaces_change_the_firewall_rules() {
+    let (f, pid) = running(SMALL).await;
+    let before = f.host.calls().len();
+    f.update(
+        update::ADD_LAST,
+        update::SECTION_FORWARD_INTERFACE,
+        "<interface dev='eth1'/>",
+        0,
+    )
+    .await
+    .expect("add interface");
+    let calls = f.calls_since(before);
+    assert_eq!(calls.len(), 1, "only the firewall changes: {calls:?}");
+    assert!(
+        calls[0].starts_with("nft add table ip rvirt_default\ndelete table ip rvirt_default\n")
+            && calls[0].contains("oifname \"eth1\" counter masquerade"),
+        "{}",
+        calls[0]
+    );
+    assert_eq!(f.host.processes(), vec![pid]);
+    assert!(
+        f.live_xml().contains("<forward dev=\"eth1\" mode=\"nat\">"),
+        "dev mirrors the first interface: {}",
+        f.live_xml()
+    );
+    let modify = f
+        .update(
+            update::MODIFY,
+            update::SECTION_FORWARD_INTERFACE,
+            "<interface dev='eth1'/>",
+            0,
+        )
+        .await
+        .expect_err("modify");
+    assert_eq!(modify.code, ErrorCode::OperationUnsupported);
+    f.update(
+        update::DELETE,
+        update::SECTION_FORWARD_INTERFACE,
+        "<interface dev='eth1'/>",
+        0,
+    )
+    .await
+    .expect("delete");
+    assert!(!f.host.calls().last().expect("nft").contains("eth1"));
+    assert!(f.live_xml().contains("<forward mode=\"nat\""), "{}", f.live_xml());
+}
+
+#[tokio::test]
+async fn sections_rvirt_does_not_update_are_refused_by_name() {
+    let f = fixture();
+    f.driver.define(SMALL).await.expect("define");
+    for (section, label) in [
+        (1, "'bridge'"),
+        (2, "'domain'"),
+        (3, "'ip'"),
+        (6, "'forward'"),
+        (8, "'forward-pf'"),
+        (9, "'portgroup'"),
+    ] {
+        let err = f
+            .update(update::ADD_LAST, section, "<portgroup name='x'/>", 0)
+            .await
+            .expect_err("unsupported");
+        assert_eq!(err.code, ErrorCode::OperationUnsupported, "{section}");
+        assert!(err.message.contains(label), "{}", err.message);
+    }
+    let err = f
+        .update(7, update::SECTION_DNS_HOST, "<host ip='192.168.122.7'/>", 0)
+        .await
+        .expect_err("bad command");
+    assert_eq!(err.code, ErrorCode::OperationUnsupported);
+}
+
+#[tokio::test]
+async fn a_live_and_config_update_changes_both_definitions() {
+    let (f, _) = running(SMALL).await;
+    f.update(
+        update::ADD_LAST,
+        update::SECTION_DNS_TXT,
+        "<txt name='both' value='yes'/>",
+        update::AFFECT_LIVE | update::AFFECT_CONFIG,
+    )
+    .await
+    .expect("update");
+    assert!(f.live_xml().contains("both"));
+    assert!(f.config_xml().contains("both"));
+    assert!(
+        f.driver
+            .xml(&name("default"), true)
+            .expect("xml")
+            .contains("both")
+    );
+}
+
+#[tokio::test]
+async fn a_failed_live_update_changes_neither_definition_and_keeps_dnsmasq_running() {
+    let (f, _) = running(SMALL).await;
+    let config = f.config_xml();
+    let live = f.live_xml();
+    let conf = f.dnsmasq("conf");
+    f.host.fail_next("start_dnsmasq");
+    let err = f
+        .update(
+            update::ADD_LAST,
+            update::SECTION_IP_DHCP_RANGE,
+            "<range start='192.168.122.100' end='192.168.122.150'/>",
+            update::AFFECT_LIVE | update::AFFECT_CONFIG,
+        )
+        .await
+        .expect_err("dnsmasq fails");
+    assert_eq!(err.code, ErrorCode::OperationFailed);
+    assert_eq!(f.config_xml(), config, "the saved definition is restored");
+    assert_eq!(f.live_xml(), live);
+    assert_eq!(f.dnsmasq("conf"), conf, "dnsmasq's configuration is restored");
+    let pids = f.host.processes();
+    assert_eq!(pids.len(), 1, "the previous configuration runs again");
+    let status = std::fs::read_to_string(f.paths.status_file("default")).expect("status");
+    assert!(
+        status.contains(&format!("dnsmasqPid=\"{}\"", pids[0])),
+        "{status}"
+    );
+    // The driver knows the new pid: destroying stops it.
+    f.driver.destroy(&name("default")).await.expect("destroy");
+    assert!(f.host.processes().is_empty());
+}
+
+#[tokio::test]
+async fn the_first_dhcp_host_on_an_address_without_dhcp_restarts_dnsmasq() {
+    let xml = "<network><name>default</name><forward mode='nat'/>\
+        <ip address='192.168.122.1' netmask='255.255.255.0'/></network>";
+    let (f, pid) = running(xml).await;
+    assert!(!f.dnsmasq("conf").contains("dhcp-range"));
+    f.update(update::ADD_LAST, update::SECTION_IP_DHCP_HOST, HOST, 0)
+        .await
+        .expect("add host");
+    assert!(
+        f.dnsmasq("conf").contains("\ndhcp-range=192.168.122.1,static\n"),
+        "{}",
+        f.dnsmasq("conf")
+    );
+    assert!(!f.host.processes().contains(&pid), "dnsmasq was restarted");
+    assert_eq!(f.dnsmasq("hostsfile"), "52:54:00:00:00:42,192.168.122.42,guest\n");
 }
