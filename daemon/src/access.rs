@@ -1,9 +1,12 @@
 //! The one interceptor that enforces the access table on every call: the read-only socket takes
-//! read calls only, privileged calls need a privileged caller, the admin service lives on the
-//! admin socket alone. Handlers never check access themselves.
+//! read calls only, the access policy file's rules allow or deny permissions (see
+//! [`crate::policy`]), and without a matching rule privileged calls need a privileged caller and
+//! write calls a writer. The admin service lives on the admin socket alone. Handlers never check
+//! access themselves.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use rvirt_proto::access::{self, AccessLevel};
@@ -12,6 +15,7 @@ use rvirt_proto::v1::{ErrorCode, ErrorDomain};
 
 use crate::clients::ClientInfo;
 use crate::listen::SocketKind;
+use crate::policy::{Effect, Policy};
 
 const ADMIN_SERVICE: &str = "rvirt.v1.AdminService";
 
@@ -23,6 +27,9 @@ pub const CALLER_GID_METADATA: &str = "rvirt-caller-gid";
 pub const CALLER_PID_METADATA: &str = "rvirt-caller-pid";
 /// Metadata with the forwarded caller's supplementary groups, comma-separated (optional).
 pub const CALLER_GROUPS_METADATA: &str = "rvirt-caller-groups";
+/// Metadata with the forwarded caller's TLS certificate subject DN (optional; absent for callers
+/// without a certificate).
+pub const CALLER_CERT_SUBJECT_METADATA: &str = "rvirt-caller-cert-subject";
 
 /// The identity a call is made for when the connection's peer forwards its own caller's in
 /// `rvirt-caller-*` metadata, as virtproxyd does (the backend sees the proxy over SO_PEERCRED).
@@ -92,11 +99,22 @@ pub fn forwarded_caller(
             .collect::<Result<Vec<_>, _>>()?,
         None => Vec::new(),
     };
+    // The peer's own certificate (a remote proxy's) is not the caller's.
+    let cert_subject = match headers.get(CALLER_CERT_SUBJECT_METADATA) {
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| malformed(CALLER_CERT_SUBJECT_METADATA))?
+                .to_owned(),
+        ),
+        None => None,
+    };
     Ok(Some(ClientInfo {
         uid,
         gid,
         groups,
         pid,
+        cert_subject,
         ..peer.clone()
     }))
 }
@@ -134,12 +152,34 @@ impl AccessPolicy {
     }
 }
 
-/// Decides whether `caller` may make the call at gRPC `path` on a socket of kind `socket`.
+/// Decides whether `caller` may make the call at gRPC `path` on a socket of kind `socket`, with
+/// the default policy alone (no rules).
 pub fn check(
     path: &str,
     socket: SocketKind,
     caller: &ClientInfo,
     policy: &AccessPolicy,
+) -> Result<(), tonic::Status> {
+    check_with_rules(path, socket, caller, policy, Policy::empty())
+}
+
+/// Who the caller is, for messages: `uid 1000` or `uid 65534 (certificate CN=c1,O=Example)`.
+fn describe(caller: &ClientInfo) -> String {
+    match &caller.cert_subject {
+        Some(subject) => format!("uid {} (certificate {subject})", caller.uid),
+        None => format!("uid {}", caller.uid),
+    }
+}
+
+/// Decides whether `caller` may make the call at gRPC `path` on a socket of kind `socket`: the
+/// socket's restrictions first, then the first rule of `rules` that matches, else the default
+/// `policy`.
+pub fn check_with_rules(
+    path: &str,
+    socket: SocketKind,
+    caller: &ClientInfo,
+    policy: &AccessPolicy,
+    rules: &Policy,
 ) -> Result<(), tonic::Status> {
     if is_public_infrastructure(path) {
         return Ok(());
@@ -181,6 +221,23 @@ pub fn check(
             ),
         ));
     }
+    if let Some(rule) = rules.decide(method.permission, caller) {
+        return match rule.effect {
+            Effect::Allow => Ok(()),
+            Effect::Deny => Err(status(
+                ErrorCode::AccessDenied,
+                ErrorDomain::Access,
+                format!(
+                    "{} needs permission {}, which {} (rule {}) denies to {}",
+                    method.method,
+                    method.permission,
+                    rules.source_name(),
+                    rule.number,
+                    describe(caller)
+                ),
+            )),
+        };
+    }
     if method.level == AccessLevel::Privileged && !policy.is_privileged(caller) {
         return Err(status(
             ErrorCode::AccessDenied,
@@ -207,16 +264,78 @@ pub fn check(
     Ok(())
 }
 
-/// The tower layer that runs [`check`] before every call.
-#[derive(Debug, Clone, Copy)]
+/// The access rules in force: the default policy and the policy file's rules, which a reload
+/// replaces (SIGHUP, the admin service's Reload). Shared by every listener's [`AccessLayer`] and
+/// the daemon's context.
+#[derive(Debug)]
+pub struct AccessControl {
+    state: RwLock<(AccessPolicy, Arc<Policy>)>,
+}
+
+impl AccessControl {
+    /// Access with the default policy `base` and the rules of `rules`.
+    pub fn new(base: AccessPolicy, rules: Policy) -> Self {
+        AccessControl {
+            state: RwLock::new((base, Arc::new(rules))),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (AccessPolicy, Arc<Policy>)> {
+        // Both halves are replaced whole under the lock: a poisoned lock still holds a
+        // consistent state.
+        self.state
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, (AccessPolicy, Arc<Policy>)> {
+        self.state
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The default policy.
+    pub fn base(&self) -> AccessPolicy {
+        self.read().0
+    }
+
+    /// Replaces the default policy (the runtime sets the socket group once its sockets exist).
+    pub fn set_base(&self, base: AccessPolicy) {
+        self.write().0 = base;
+    }
+
+    /// The policy file's rules in force.
+    pub fn rules(&self) -> Arc<Policy> {
+        Arc::clone(&self.read().1)
+    }
+
+    /// Puts `rules` in force for every call that starts from now on.
+    pub fn set_rules(&self, rules: Policy) {
+        self.write().1 = Arc::new(rules);
+    }
+
+    /// [`check_with_rules`] with the rules in force.
+    pub fn check(&self, path: &str, socket: SocketKind, caller: &ClientInfo) -> Result<(), tonic::Status> {
+        let state = self.read();
+        check_with_rules(path, socket, caller, &state.0, &state.1)
+    }
+}
+
+/// The tower layer that runs [`check`] (with the policy file's rules) before every call.
+#[derive(Debug, Clone)]
 pub struct AccessLayer {
-    policy: AccessPolicy,
+    access: Arc<AccessControl>,
 }
 
 impl AccessLayer {
-    /// A layer enforcing `policy`.
+    /// A layer enforcing `policy` alone, without rules.
     pub fn new(policy: AccessPolicy) -> Self {
-        AccessLayer { policy }
+        Self::with_control(Arc::new(AccessControl::new(policy, Policy::default())))
+    }
+
+    /// A layer enforcing what `access` holds at the time of each call.
+    pub fn with_control(access: Arc<AccessControl>) -> Self {
+        AccessLayer { access }
     }
 }
 
@@ -226,7 +345,7 @@ impl<S> tower::Layer<S> for AccessLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AccessService {
             inner,
-            policy: self.policy,
+            access: Arc::clone(&self.access),
         }
     }
 }
@@ -235,7 +354,7 @@ impl<S> tower::Layer<S> for AccessLayer {
 #[derive(Debug, Clone)]
 pub struct AccessService<S> {
     inner: S,
-    policy: AccessPolicy,
+    access: Arc<AccessControl>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
@@ -257,7 +376,7 @@ where
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let forwarded = match req.extensions().get::<ClientInfo>() {
-            Some(peer) => forwarded_caller(req.headers(), peer, &self.policy),
+            Some(peer) => forwarded_caller(req.headers(), peer, &self.access.base()),
             None => Ok(None),
         };
         let forwarded = match forwarded {
@@ -269,7 +388,7 @@ where
             req.extensions_mut().insert(caller);
         }
         let verdict = match req.extensions().get::<ClientInfo>() {
-            Some(caller) => check(req.uri().path(), caller.socket, caller, &self.policy),
+            Some(caller) => self.access.check(req.uri().path(), caller.socket, caller),
             None => Err(status(
                 ErrorCode::AccessDenied,
                 ErrorDomain::Access,
@@ -312,6 +431,7 @@ mod tests {
             pid: Some(1),
             socket,
             connected_at: std::time::SystemTime::now(),
+            cert_subject: None,
         }
     }
 
@@ -501,6 +621,108 @@ mod tests {
             code(check(START, user.socket, &user, &ROOT_DAEMON)),
             ErrorCode::OperationDenied
         );
+    }
+
+    fn rules(text: &str) -> Policy {
+        let mut policy = Policy::parse(text, &crate::policy::SystemNames).expect("valid policy");
+        policy.source = Some("/etc/rvirt/access.toml".into());
+        policy
+    }
+
+    #[test]
+    fn a_deny_rule_refuses_even_root_naming_permission_caller_and_rule() {
+        let policy = rules("[[rule]]\neffect = \"deny\"\npermission = \"domain.start\"\nuid = 0\n");
+        let root = caller(0, SocketKind::ReadWrite);
+        let err = check_with_rules(START, SocketKind::ReadWrite, &root, &ROOT_DAEMON, &policy)
+            .expect_err("denied by rule");
+        assert_eq!(from_status(&err).code(), ErrorCode::AccessDenied);
+        assert_eq!(err.code(), tonic::Code::PermissionDenied);
+        for part in ["domain.start", "uid 0", "/etc/rvirt/access.toml", "rule 1"] {
+            assert!(err.message().contains(part), "{part}: {}", err.message());
+        }
+        // Other permissions keep the default.
+        assert_eq!(
+            code(check_with_rules(
+                XML,
+                SocketKind::ReadWrite,
+                &root,
+                &ROOT_DAEMON,
+                &policy
+            )),
+            ErrorCode::Ok
+        );
+    }
+
+    #[test]
+    fn an_allow_rule_grants_beyond_the_default_but_not_past_the_read_only_socket() {
+        let policy = rules(
+            "[[rule]]\neffect = \"allow\"\npermission = [\"domain.start\", \"secret.read_secure\"]\nuid = 1000\n",
+        );
+        let user = caller(1000, SocketKind::ReadWrite);
+        assert_eq!(
+            code(check_with_rules(
+                START,
+                SocketKind::ReadWrite,
+                &user,
+                &ROOT_DAEMON,
+                &policy
+            )),
+            ErrorCode::Ok
+        );
+        assert_eq!(
+            code(check_with_rules(
+                SECRET,
+                SocketKind::ReadWrite,
+                &user,
+                &ROOT_DAEMON,
+                &policy
+            )),
+            ErrorCode::Ok
+        );
+        let ro = caller(1000, SocketKind::ReadOnly);
+        assert_eq!(
+            code(check_with_rules(
+                START,
+                SocketKind::ReadOnly,
+                &ro,
+                &ROOT_DAEMON,
+                &policy
+            )),
+            ErrorCode::OperationDenied
+        );
+    }
+
+    #[test]
+    fn access_control_applies_rules_replaced_at_run_time() {
+        let access = AccessControl::new(ROOT_DAEMON, Policy::default());
+        let root = caller(0, SocketKind::ReadWrite);
+        assert!(access.check(START, SocketKind::ReadWrite, &root).is_ok());
+        access.set_rules(rules("[[rule]]\neffect = \"deny\"\npermission = \"domain.*\"\n"));
+        assert!(access.check(START, SocketKind::ReadWrite, &root).is_err());
+        access.set_rules(Policy::default());
+        assert!(access.check(START, SocketKind::ReadWrite, &root).is_ok());
+    }
+
+    #[test]
+    fn a_forwarded_caller_carries_its_own_certificate_subject_only() {
+        let proxy = ClientInfo {
+            cert_subject: Some("CN=proxy".into()),
+            ..caller(0, SocketKind::ReadWrite)
+        };
+        let headers = forwarded("1000", "100");
+        let user = forwarded_caller(&headers, &proxy, &ROOT_DAEMON)
+            .expect("well formed")
+            .expect("honoured");
+        assert_eq!(user.cert_subject, None);
+        let mut headers = forwarded("65534", "65534");
+        headers.insert(
+            CALLER_CERT_SUBJECT_METADATA,
+            http::HeaderValue::from_static("CN=client1,O=Example"),
+        );
+        let remote = forwarded_caller(&headers, &proxy, &ROOT_DAEMON)
+            .expect("well formed")
+            .expect("honoured");
+        assert_eq!(remote.cert_subject.as_deref(), Some("CN=client1,O=Example"));
     }
 
     #[test]

@@ -1,5 +1,12 @@
 //! Connected clients: identity from SO_PEERCRED, the registry the admin service lists and
-//! closes, connection limits, and the count the idle timer watches.
+//! closes, connection limits (`max_clients`, `max_anonymous_clients`), the refusal a client beyond
+//! them gets, and the count the idle timer watches.
+//!
+//! A Unix-socket client is authenticated the moment it connects (SO_PEERCRED). A client of a
+//! network listener (TCP, TLS) is *anonymous* until its handshake proves who it is: such a
+//! listener takes an [`AnonymousClient`] slot with [`ClientRegistry::admit_anonymous`] on accept,
+//! which counts against both `max_anonymous_clients` and `max_clients`, and registers the client
+//! with [`ClientRegistry::register_peer`] once authenticated.
 
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd as _, RawFd};
@@ -12,6 +19,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt as _};
+
+use rvirt_proto::error::status;
+use rvirt_proto::v1::{ErrorCode, ErrorDomain};
 
 use crate::listen::SocketKind;
 
@@ -32,6 +42,24 @@ pub struct ClientInfo {
     pub socket: SocketKind,
     /// When it connected.
     pub connected_at: SystemTime,
+    /// The subject DN of the client's TLS certificate (`CN=client1,O=Example`), for callers that
+    /// presented one; access policy rules may name it.
+    pub cert_subject: Option<String>,
+}
+
+/// Who a connection's peer is, as its transport proved it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// User id.
+    pub uid: u32,
+    /// Primary group id.
+    pub gid: u32,
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// Process id, when local.
+    pub pid: Option<i32>,
+    /// The TLS certificate's subject DN, when the peer presented one.
+    pub cert_subject: Option<String>,
 }
 
 #[derive(Debug)]
@@ -44,6 +72,8 @@ struct Entry {
 struct Inner {
     next_id: u64,
     clients: BTreeMap<u64, Entry>,
+    /// Connections accepted but not yet authenticated (network listeners only).
+    anonymous: usize,
 }
 
 /// The daemon's connected clients.
@@ -110,7 +140,7 @@ impl ClientRegistry {
         true
     }
 
-    fn register(self: &Arc<Self>, stream: &UnixStream, socket: SocketKind) -> ClientGuard {
+    fn register(self: &Arc<Self>, stream: &UnixStream, socket: SocketKind) -> ClientHandle {
         let (uid, gid, pid) = match stream.peer_cred() {
             Ok(cred) => (cred.uid(), cred.gid(), cred.pid()),
             Err(e) => {
@@ -119,6 +149,33 @@ impl ClientRegistry {
             }
         };
         let groups = pid.map(supplementary_groups).unwrap_or_default();
+        let identity = PeerIdentity {
+            uid,
+            gid,
+            groups,
+            pid,
+            cert_subject: None,
+        };
+        self.register_peer(identity, socket, stream.as_raw_fd())
+    }
+
+    /// Registers an authenticated connection on socket `socket` whose file descriptor is `fd`
+    /// (which [`close`](Self::close) shuts down). The client stays listed until the returned
+    /// handle is dropped: keep it alive as long as the connection, and drop it before the socket
+    /// closes.
+    pub fn register_peer(
+        self: &Arc<Self>,
+        identity: PeerIdentity,
+        socket: SocketKind,
+        fd: RawFd,
+    ) -> ClientHandle {
+        let PeerIdentity {
+            uid,
+            gid,
+            groups,
+            pid,
+            cert_subject,
+        } = identity;
         let mut inner = self.lock();
         inner.next_id += 1;
         let info = ClientInfo {
@@ -129,12 +186,13 @@ impl ClientRegistry {
             pid,
             socket,
             connected_at: SystemTime::now(),
+            cert_subject,
         };
         inner.clients.insert(
             info.id,
             Entry {
                 info: info.clone(),
-                fd: stream.as_raw_fd(),
+                fd,
             },
         );
         let total = inner.clients.len();
@@ -147,10 +205,46 @@ impl ClientRegistry {
             socket = socket.as_str(),
             "client connected"
         );
-        ClientGuard {
+        ClientHandle {
             registry: Arc::clone(self),
             info,
         }
+    }
+
+    /// Connections accepted but not yet authenticated.
+    pub fn anonymous(&self) -> usize {
+        self.lock().anonymous
+    }
+
+    /// Takes a slot for a connection that is not authenticated yet (a TLS client before its
+    /// handshake), or refuses it: when `max_anonymous` unauthenticated connections are pending
+    /// (`max_anonymous_clients`), or when the clients on sockets of `kinds` plus the pending ones
+    /// reach `max_clients`. The error is the refusal's message, for the log.
+    pub fn admit_anonymous(
+        self: &Arc<Self>,
+        max_clients: usize,
+        max_anonymous: usize,
+        kinds: &[SocketKind],
+    ) -> Result<AnonymousClient, String> {
+        let mut inner = self.lock();
+        if inner.anonymous >= max_anonymous {
+            return Err(format!(
+                "{} clients are connected but not yet authenticated (max_anonymous_clients = {max_anonymous})",
+                inner.anonymous
+            ));
+        }
+        let clients = inner
+            .clients
+            .values()
+            .filter(|e| kinds.contains(&e.info.socket))
+            .count();
+        if clients + inner.anonymous >= max_clients {
+            return Err(too_many(clients + inner.anonymous, max_clients, "max_clients"));
+        }
+        inner.anonymous += 1;
+        Ok(AnonymousClient {
+            registry: Arc::clone(self),
+        })
     }
 
     fn unregister(&self, id: u64) {
@@ -177,16 +271,37 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Removes its client from the registry when the connection ends.
+/// A registered connection: removes its client from the registry when dropped.
 #[derive(Debug)]
-struct ClientGuard {
+pub struct ClientHandle {
     registry: Arc<ClientRegistry>,
     info: ClientInfo,
 }
 
-impl Drop for ClientGuard {
+impl ClientHandle {
+    /// The client's identity, which every request on the connection carries.
+    pub fn info(&self) -> &ClientInfo {
+        &self.info
+    }
+}
+
+impl Drop for ClientHandle {
     fn drop(&mut self) {
         self.registry.unregister(self.info.id);
+    }
+}
+
+/// A slot for a connection that is not authenticated yet; frees it when dropped (after the
+/// handshake, whether it succeeded or not).
+#[derive(Debug)]
+pub struct AnonymousClient {
+    registry: Arc<ClientRegistry>,
+}
+
+impl Drop for AnonymousClient {
+    fn drop(&mut self) {
+        let mut inner = self.registry.lock();
+        inner.anonymous = inner.anonymous.saturating_sub(1);
     }
 }
 
@@ -194,7 +309,7 @@ impl Drop for ClientGuard {
 #[derive(Debug)]
 pub struct TrackedStream {
     // Declared first: dropped (unregistered) before the stream closes its fd.
-    guard: ClientGuard,
+    guard: ClientHandle,
     stream: UnixStream,
 }
 
@@ -242,8 +357,63 @@ impl AsyncWrite for TrackedStream {
     }
 }
 
+/// The message a client beyond a connection limit gets.
+fn too_many(current: usize, limit: usize, key: &str) -> String {
+    format!(
+        "Too many clients: {current} are connected and the daemon accepts at most {limit} ({key}), so this connection is refused; close other connections or raise {key} in the daemon's configuration"
+    )
+}
+
+/// Refused connections being answered at once; more are closed without an answer, so clients
+/// beyond the limit cannot tie up the daemon.
+const MAX_REFUSING: usize = 16;
+
+/// How long a refused connection may stay open to read its answer.
+const REFUSAL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Answers every call on the HTTP/2 connection `io` with `refusal` and closes it after the first
+/// answer (or [`REFUSAL_DEADLINE`]), so that a client beyond a limit reads why instead of a reset
+/// connection. Runs in the background; when too many refusals are under way the connection is
+/// simply closed.
+pub fn refuse<IO>(io: IO, refusal: tonic::Status)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static REFUSING: AtomicUsize = AtomicUsize::new(0);
+    if REFUSING.fetch_add(1, Ordering::AcqRel) >= MAX_REFUSING {
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+        return; // dropping `io` closes the connection
+    }
+    tokio::spawn(async move {
+        let answered = Arc::new(tokio::sync::Notify::new());
+        let notify = Arc::clone(&answered);
+        let service = hyper::service::service_fn(move |_request: http::Request<hyper::body::Incoming>| {
+            notify.notify_one();
+            let response = refusal.clone().into_http::<tonic::body::Body>();
+            async move { Ok::<_, std::convert::Infallible>(response) }
+        });
+        let builder = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new());
+        let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+        let serve = async move {
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = answered.notified() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(REFUSAL_DEADLINE, serve).await;
+        REFUSING.fetch_sub(1, Ordering::AcqRel);
+    });
+}
+
 /// The connections accepted on `listener`, registered, with those beyond `limit` (counted over
-/// `limit_kinds`) refused: closed at once, with a warning in the log.
+/// `limit_kinds`, plus the unauthenticated connections of network listeners) refused: answered
+/// with `RESOURCE_EXHAUSTED` (`ERROR_CODE_RESOURCE_BUSY`) naming the limit, then closed, with a
+/// warning in the log. Connected clients are unaffected.
 pub fn incoming(
     listener: tokio::net::UnixListener,
     kind: SocketKind,
@@ -254,11 +424,25 @@ pub fn incoming(
     tokio_stream::wrappers::UnixListenerStream::new(listener).filter_map(move |accepted| match accepted {
         Ok(stream) => {
             let limit = limit();
-            if registry.count(limit_kinds) >= limit {
+            let current = registry.count(limit_kinds) + registry.anonymous();
+            if current >= limit {
+                let key = match kind {
+                    SocketKind::Admin => "admin_max_clients",
+                    _ => "max_clients",
+                };
                 tracing::warn!(
                     socket = kind.as_str(),
                     limit,
+                    key,
                     "too many clients: connection refused"
+                );
+                refuse(
+                    stream,
+                    status(
+                        ErrorCode::ResourceBusy,
+                        ErrorDomain::Rpc,
+                        too_many(current, limit, key),
+                    ),
                 );
                 return None;
             }
@@ -270,4 +454,47 @@ pub fn incoming(
             None
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anonymous_clients_count_against_both_limits() {
+        let registry = Arc::new(ClientRegistry::default());
+        let kinds = [SocketKind::ReadWrite, SocketKind::ReadOnly];
+        let first = registry.admit_anonymous(10, 2, &kinds).expect("first");
+        let _second = registry.admit_anonymous(10, 2, &kinds).expect("second");
+        let err = registry
+            .admit_anonymous(10, 2, &kinds)
+            .expect_err("third anonymous");
+        assert!(err.contains("max_anonymous_clients"), "{err}");
+        drop(first);
+        assert_eq!(registry.anonymous(), 1);
+        let _third = registry.admit_anonymous(10, 2, &kinds).expect("slot freed");
+        let err = registry
+            .admit_anonymous(2, 5, &kinds)
+            .expect_err("max_clients counts anonymous clients");
+        assert!(err.contains("max_clients"), "{err}");
+    }
+
+    #[test]
+    fn authenticated_clients_count_against_max_clients_of_their_kinds() {
+        let registry = Arc::new(ClientRegistry::default());
+        let kinds = [SocketKind::ReadWrite, SocketKind::ReadOnly];
+        let identity = PeerIdentity {
+            uid: 1000,
+            gid: 1000,
+            cert_subject: Some("CN=client,O=Example".into()),
+            ..PeerIdentity::default()
+        };
+        let handle = registry.register_peer(identity, SocketKind::ReadWrite, -1);
+        assert_eq!(handle.info().cert_subject.as_deref(), Some("CN=client,O=Example"));
+        let _admin = registry.register_peer(PeerIdentity::default(), SocketKind::Admin, -1);
+        assert!(registry.admit_anonymous(1, 5, &kinds).is_err());
+        assert!(registry.admit_anonymous(2, 5, &kinds).is_ok());
+        drop(handle);
+        assert!(registry.list().iter().all(|c| c.socket == SocketKind::Admin));
+    }
 }

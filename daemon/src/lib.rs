@@ -10,6 +10,7 @@
 //! - [`pidfile`]: the lock that keeps a second instance out;
 //! - [`clients`]: caller identity from SO_PEERCRED and the registry of connected clients;
 //! - [`access`]: the one interceptor that enforces the access table;
+//! - [`policy`]: the access policy file's allow and deny rules;
 //! - [`admin`]: the admin service, implemented once for every daemon;
 //! - [`host`]: the generic parts of the host service (version, hostname, node info);
 //! - [`logging`]: tracing with run-time filters;
@@ -28,6 +29,7 @@ pub mod listen;
 pub mod logging;
 
 pub mod pidfile;
+pub mod policy;
 pub mod server;
 
 pub use clients::ClientInfo;

@@ -44,6 +44,37 @@ impl SocketKind {
     }
 }
 
+/// How a remote caller reached the daemon (virtproxyd's TCP and TLS listeners).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RemoteTransport {
+    /// TLS with a client certificate the CA signed (and `tls_allowed_dn_list` allowed).
+    Tls,
+    /// Plain TCP with `auth_tcp = "none"`: no authentication.
+    Tcp,
+}
+
+impl RemoteTransport {
+    /// `tls` or `tcp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RemoteTransport::Tls => "tls",
+            RemoteTransport::Tcp => "tcp",
+        }
+    }
+}
+
+/// A caller that came over the network rather than a Unix socket. virtproxyd's TCP and TLS
+/// listeners attach it to every request as an extension, beside the caller's
+/// [`ClientInfo`](crate::ClientInfo), whose uid and gid then mean nothing (they are
+/// `u32::MAX - 1`, "nobody") and whose `cert_subject` is the TLS client certificate's subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePeer {
+    /// TLS or plain TCP.
+    pub transport: RemoteTransport,
+    /// The peer's address.
+    pub address: std::net::SocketAddr,
+}
+
 /// One listening socket and where it came from.
 #[derive(Debug)]
 pub struct Listener {

@@ -11,7 +11,7 @@ use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use tokio::sync::watch;
 use tonic::server::NamedService;
 
-use crate::access::{AccessLayer, AccessPolicy};
+use crate::access::{AccessControl, AccessLayer, AccessPolicy};
 use crate::clients::{ClientRegistry, incoming};
 use crate::config::DaemonConfig;
 use crate::listen::{self, Listener, SocketKind};
@@ -50,6 +50,10 @@ pub struct DaemonArgs {
     /// Run as the system instance or as the caller's session instance (default: system for root).
     #[arg(long, value_parser = ["system", "session"])]
     pub mode: Option<String>,
+    /// Listen on TCP/TLS as the configuration says (`listen_tls`, `listen_tcp`); virtproxyd
+    /// only, other daemons ignore it.
+    #[arg(short = 'l', long)]
+    pub listen: bool,
 }
 
 /// The gRPC services a driver serves on its read-write and read-only sockets.
@@ -118,6 +122,8 @@ pub struct Limits {
     pub max_clients: AtomicUsize,
     /// `admin_max_clients`.
     pub admin_max_clients: AtomicUsize,
+    /// `max_anonymous_clients`: network clients not yet authenticated.
+    pub max_anonymous_clients: AtomicUsize,
 }
 
 /// One socket the daemon serves, as the admin service reports it.
@@ -157,6 +163,8 @@ pub struct DaemonContext {
     pub sockets: std::sync::RwLock<Vec<SocketInfo>>,
     /// The user the daemon runs as.
     pub uid: u32,
+    /// The access rules every listener enforces (default policy and policy file).
+    pub access: Arc<AccessControl>,
     driver: std::sync::OnceLock<Arc<dyn Driver>>,
     shutdown: watch::Sender<bool>,
 }
@@ -179,6 +187,10 @@ impl DaemonContext {
             .clone()
             .unwrap_or_else(|| self.paths.config_file.clone());
         let config = DaemonConfig::load(&path, self.mode).map_err(|e| error_chain(&e))?;
+        // A policy that does not load keeps the one in force (and the old configuration).
+        let policy =
+            crate::policy::Policy::load(&crate::policy::policy_path(&config.access_policy_file, &path))
+                .map_err(|e| e.to_string())?;
         self.logging
             .reload_from_config(self.args.verbose, &config.log_filters)?;
         self.limits
@@ -187,6 +199,10 @@ impl DaemonContext {
         self.limits
             .admin_max_clients
             .store(config.admin_max_clients as usize, Ordering::Relaxed);
+        self.limits
+            .max_anonymous_clients
+            .store(config.max_anonymous_clients as usize, Ordering::Relaxed);
+        self.access.set_rules(policy);
         if let Ok(mut current) = self.config.write() {
             *current = config;
         }
@@ -253,6 +269,16 @@ where
             return ExitCode::FAILURE;
         }
     };
+    let policy = match crate::policy::Policy::load(&crate::policy::policy_path(
+        &config.access_policy_file,
+        &config_path,
+    )) {
+        Ok(policy) => policy,
+        Err(e) => {
+            eprintln!("{}: {e}", spec.name);
+            return ExitCode::FAILURE;
+        }
+    };
     let logging = Logging::init(args.verbose, &config.log_filters);
     let workers = args.workers.unwrap_or(config.max_workers as usize).max(1);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -274,6 +300,7 @@ where
         limits: Limits {
             max_clients: AtomicUsize::new(config.max_clients as usize),
             admin_max_clients: AtomicUsize::new(config.admin_max_clients as usize),
+            max_anonymous_clients: AtomicUsize::new(config.max_anonymous_clients as usize),
         },
         config: std::sync::RwLock::new(config),
         args,
@@ -283,6 +310,13 @@ where
         workers,
         sockets: std::sync::RwLock::new(Vec::new()),
         uid: nix::unistd::geteuid().as_raw(),
+        access: Arc::new(AccessControl::new(
+            AccessPolicy {
+                daemon_uid: nix::unistd::geteuid().as_raw(),
+                write_group: None,
+            },
+            policy,
+        )),
         driver: std::sync::OnceLock::new(),
         shutdown: watch::channel(false).0,
     });
@@ -355,10 +389,11 @@ where
     let main_routes = with_infrastructure(driver_services).await?;
     let admin_routes = with_infrastructure(admin_services).await?;
 
-    let policy = AccessPolicy {
+    ctx.access.set_base(AccessPolicy {
         daemon_uid: ctx.uid,
         write_group: write_group(&ctx, &listeners)?,
-    };
+    });
+    let keepalive = ctx.config.read().map(|c| c.keepalive()).unwrap_or(None);
     let mut servers = tokio::task::JoinSet::new();
     let mut owned_paths = Vec::new();
     for Listener {
@@ -388,7 +423,14 @@ where
         let stream = incoming(listener, kind, Arc::clone(&ctx.clients), limit, limit_kinds);
         let mut stop = ctx.shutdown.subscribe();
         let server = tonic::transport::Server::builder()
-            .layer(AccessLayer::new(policy))
+            .http2_keepalive_interval(keepalive.map(|(interval, _)| interval))
+            .http2_keepalive_timeout(keepalive.map(|(_, timeout)| timeout))
+            // Bulk streams (volume upload/download, 1 MiB messages) need more than hyper's
+            // 1 MiB receive windows and 16 KiB frames to keep the pipe full.
+            .initial_stream_window_size(Some(8 << 20))
+            .initial_connection_window_size(Some(16 << 20))
+            .max_frame_size(Some(1 << 20))
+            .layer(AccessLayer::with_control(Arc::clone(&ctx.access)))
             .add_routes(routes)
             .serve_with_incoming_shutdown(stream, async move {
                 let _ = stop.wait_for(|stop| *stop).await;

@@ -7,6 +7,13 @@
 //! they leave the process. `test:///` URIs are served in process by the test driver. Opening a
 //! `*:///session` URI whose daemon is not running starts it (`--timeout 120`) and waits for its
 //! readiness notification, as libvirt does.
+//!
+//! A URI with a host (`qemu+tls://host[:port]/system`, `qemu+tcp://...`) dials the remote
+//! virtproxyd over TLS (port 16514, mutual authentication, see [`crate::tls`]; needs the `tls`
+//! feature) or plain TCP (port 16509), and sends the URI with its host stripped
+//! (`qemu:///system`) as `rvirt-uri`, so the remote proxy routes it as a local call. Transport
+//! failures (refused, unknown CA, certificate subject not allowed, no client certificate) come
+//! back as errors that name the cause.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -134,13 +141,7 @@ impl Connect {
     /// Opens a connection with explicit options.
     pub async fn open_with(uri: ConnectUri, options: OpenOptions) -> Result<Connect> {
         if uri.is_remote() || uri.transport != Transport::Unix {
-            return Err(Error::new(
-                ErrorCode::NoSupport,
-                ErrorDomain::Remote,
-                format!(
-                    "Remote connections ({uri}) arrive with virtproxyd's TLS support; connect locally for now"
-                ),
-            ));
+            return Self::open_remote(uri, options).await;
         }
         let mut transports: HashMap<&'static str, GrpcTransport> = HashMap::new();
         if uri.driver == Driver::Test {
@@ -178,6 +179,31 @@ impl Connect {
                     }
                 };
                 transports.insert(service, wrap(transport, &uri, options.read_only));
+            }
+        }
+        Ok(Connect {
+            uri: Arc::new(uri),
+            read_only: options.read_only,
+            transports: Arc::new(transports),
+        })
+    }
+
+    /// Opens a connection to the virtproxyd on the URI's host, over TLS or TCP.
+    async fn open_remote(uri: ConnectUri, options: OpenOptions) -> Result<Connect> {
+        if uri.no_verify {
+            return Err(Error::new(
+                ErrorCode::NoSupport,
+                ErrorDomain::Remote,
+                format!(
+                    "{uri}: no_verify=1 is not supported: install the CA that signed the server's certificate"
+                ),
+            ));
+        }
+        let transport = remote_transport(&uri, options.deadline).await?;
+        let mut transports: HashMap<&'static str, GrpcTransport> = HashMap::new();
+        for service in route::SERVICES {
+            if route::owner(uri.driver, service).is_some() {
+                transports.insert(service, wrap(transport.clone(), &uri, options.read_only));
             }
         }
         Ok(Connect {
@@ -232,7 +258,12 @@ async fn socket_transport(path: &Path, deadline: Duration, eager: bool) -> Resul
                 .map(hyper_util::rt::TokioIo::new)
         }
     });
-    let endpoint = tonic::transport::Endpoint::from_static("http://localhost").timeout(deadline);
+    // Windows and frames sized for bulk streams (volume upload/download, 1 MiB messages).
+    let endpoint = tonic::transport::Endpoint::from_static("http://localhost")
+        .timeout(deadline)
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_frame_size(1 << 20);
     let channel = if eager {
         endpoint.connect_with_connector(connector).await.map_err(|e| {
             let cause = std::error::Error::source(&e)
@@ -254,6 +285,160 @@ async fn socket_transport(path: &Path, deadline: Duration, eager: bool) -> Resul
         channel,
         |e| BoxError(Box::new(e)),
     )))
+}
+
+/// The host and port a remote URI dials (`localhost` without a host; the transport's default
+/// port without a port), and `host:port` as messages show it.
+pub fn remote_target(uri: &ConnectUri) -> (String, u16, String) {
+    let host = uri.host.clone().unwrap_or_else(|| "localhost".to_owned());
+    let port = uri.port.or(uri.transport.default_port()).unwrap_or(16514);
+    let shown = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    (host, port, shown)
+}
+
+/// What a remote transport needs to explain its failures.
+#[derive(Debug)]
+struct RemoteContext {
+    target: String,
+    transport: &'static str,
+    pki: Option<crate::tls::PkiPaths>,
+}
+
+impl RemoteContext {
+    fn error(&self, e: &(dyn std::error::Error + 'static)) -> Error {
+        let failure = crate::tls::classify(e);
+        crate::tls::failure_error(&failure, &self.target, self.transport, self.pki.as_ref())
+    }
+}
+
+/// A channel to the remote virtproxyd of `uri`, connected now (so an unreachable host, or a
+/// server certificate the client does not trust, fails the open).
+async fn remote_transport(uri: &ConnectUri, deadline: Duration) -> Result<GrpcTransport> {
+    let (host, port, shown) = remote_target(uri);
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{shown}"))
+        .map_err(|e| Error::new(ErrorCode::InvalidArg, ErrorDomain::Uri, format!("{uri}: {e}")))?
+        .timeout(deadline)
+        .tcp_nodelay(true);
+    let (context, connected) = match uri.transport {
+        Transport::Tcp => {
+            let context = RemoteContext {
+                target: shown,
+                transport: "tcp",
+                pki: None,
+            };
+            let connector = tower::service_fn(move |_: http::Uri| {
+                let host = host.clone();
+                async move {
+                    let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+                    let _ = tcp.set_nodelay(true);
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tcp))
+                }
+            });
+            let connected = endpoint.connect_with_connector(connector).await;
+            (context, connected)
+        }
+        Transport::Tls => tls_channel(uri, endpoint, host, port, shown).await?,
+        Transport::Unix => {
+            return Err(Error::new(
+                ErrorCode::InternalError,
+                ErrorDomain::Remote,
+                format!("{uri} is local: report a bug"),
+            ));
+        }
+    };
+    let context = Arc::new(context);
+    let channel = connected.map_err(|e| context.error(&e))?;
+    Ok(BoxCloneSyncService::new(RemoteService {
+        inner: channel,
+        context,
+    }))
+}
+
+#[cfg(feature = "tls")]
+async fn tls_channel(
+    uri: &ConnectUri,
+    endpoint: tonic::transport::Endpoint,
+    host: String,
+    port: u16,
+    shown: String,
+) -> Result<(
+    RemoteContext,
+    std::result::Result<tonic::transport::Channel, tonic::transport::Error>,
+)> {
+    let pki = crate::tls::PkiPaths::client(uri.pkipath.as_deref());
+    let config = crate::tls::client::config(&pki)?;
+    let context = RemoteContext {
+        target: shown,
+        transport: "tls",
+        pki: Some(pki),
+    };
+    let connector = tower::service_fn(move |_: http::Uri| {
+        let host = host.clone();
+        let config = Arc::clone(&config);
+        async move {
+            let tls = crate::tls::client::connect(config, &host, port).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    let connected = endpoint.connect_with_connector(connector).await;
+    Ok((context, connected))
+}
+
+#[cfg(not(feature = "tls"))]
+async fn tls_channel(
+    uri: &ConnectUri,
+    _endpoint: tonic::transport::Endpoint,
+    _host: String,
+    _port: u16,
+    _shown: String,
+) -> Result<(
+    RemoteContext,
+    std::result::Result<tonic::transport::Channel, tonic::transport::Error>,
+)> {
+    Err(Error::new(
+        ErrorCode::NoSupport,
+        ErrorDomain::Remote,
+        format!(
+            "{uri}: this build of the client library has no TLS support: build rvirt with its `tls` feature"
+        ),
+    ))
+}
+
+/// A remote channel whose transport failures (the server refused the client certificate,
+/// the connection dropped) become rvirt errors naming the cause, instead of "transport error".
+#[derive(Clone)]
+struct RemoteService {
+    inner: tonic::transport::Channel,
+    context: Arc<RemoteContext>,
+}
+
+impl tower::Service<http::Request<Body>> for RemoteService {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), BoxError>> {
+        tower::Service::poll_ready(&mut self.inner, cx).map_err(|e| BoxError(Box::new(e)))
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let call = tower::Service::call(&mut self.inner, req);
+        let context = Arc::clone(&self.context);
+        Box::pin(async move {
+            match call.await {
+                Ok(response) => Ok(response),
+                Err(e) => {
+                    let error = context.error(&e);
+                    Ok(rvirt_proto::error::status(error.code, error.domain, error.message).into_http())
+                }
+            }
+        })
+    }
 }
 
 /// Adds `rvirt-uri` to every call, and refuses non-read calls on a read-only connection.

@@ -3,6 +3,8 @@
 //! - [`paths`]: where daemons put their sockets and state, in system and session mode, under
 //!   `RVIRT_ROOT` when it is set; the daemons bind where clients look because both use this.
 //! - [`transport`]: gRPC channels to a daemon's Unix socket.
+//! - [`tls`]: remote connections: the PKI layout, TLS client configuration (feature `tls`),
+//!   and errors that name why a remote connection failed.
 //!
 //! URIs, `Connect`, typed handles, event streams and the in-process test driver build on these.
 //!
@@ -22,6 +24,7 @@ pub mod route;
 pub mod secret;
 pub mod storage;
 pub mod test_driver;
+pub mod tls;
 pub mod transport;
 pub mod uri;
 pub mod watch;

@@ -207,14 +207,22 @@ async fn unrouted_pair_is_operation_unsupported_naming_uri_and_service() {
 }
 
 #[tokio::test]
-async fn remote_uri_is_unsupported_until_tls_arrives() {
+async fn remote_uri_without_a_remote_proxy_gives_no_connect() {
     let root = TestRoot::new();
     let _proxy = DaemonProcess::start(PROXY, &root).await;
-    let err = get_type(proxy_channel(&root).await, "qemu+tls://host.example/system")
-        .await
-        .expect_err("remote URIs are not forwarded yet");
-    assert_eq!(code(&err), ErrorCode::OperationUnsupported);
-    assert!(err.message().contains("TLS"), "{}", err.message());
+    // A loopback port nothing listens on; TLS and the remote hop are tested in proxy_tls.rs.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let err = get_type(
+        proxy_channel(&root).await,
+        &format!("qemu+tcp://127.0.0.1:{port}/system"),
+    )
+    .await
+    .expect_err("nothing listens there");
+    assert_eq!(code(&err), ErrorCode::NoConnect);
+    assert!(err.message().contains("connection refused"), "{}", err.message());
 }
 
 #[tokio::test]

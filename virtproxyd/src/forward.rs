@@ -10,6 +10,12 @@
 //! the in-process test driver. The caller's identity (SO_PEERCRED on the proxy's socket) travels
 //! to the backend as `rvirt-caller-*` metadata, which backends honour only from a privileged peer
 //! (see `rvirt_daemon::access`); any such metadata the client sent is removed first.
+//!
+//! Remote hooks (see [`crate::remote`]): a caller that came over TCP/TLS carries a
+//! [`RemotePeer`] and was checked by the remote listeners' access layer; the backend then gets
+//! the call as the proxy's own (no `rvirt-caller-*` metadata). A URI with a host
+//! (`qemu+tls://host/system`) goes to that host's virtproxyd over one pooled TLS (or TCP)
+//! connection per host and port, as `qemu:///system`; only local callers may take this hop.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -26,9 +32,10 @@ use rvirt::route::{self, DaemonId, Owner};
 use rvirt::uri::{ConnectUri, Instance, Transport};
 use rvirt_daemon::ClientInfo;
 use rvirt_daemon::access::{
-    CALLER_GID_METADATA, CALLER_GROUPS_METADATA, CALLER_PID_METADATA, CALLER_UID_METADATA,
+    CALLER_CERT_SUBJECT_METADATA, CALLER_GID_METADATA, CALLER_GROUPS_METADATA, CALLER_PID_METADATA,
+    CALLER_UID_METADATA,
 };
-use rvirt_daemon::listen::SocketKind;
+use rvirt_daemon::listen::{RemotePeer, SocketKind};
 use rvirt_proto::error::status;
 use rvirt_proto::v1::{ErrorCode, ErrorDomain};
 use tonic::body::Body;
@@ -71,6 +78,17 @@ pub struct BackendKey {
     pub read_only: bool,
 }
 
+/// Another host's virtproxyd, for URIs with a host.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RemoteKey {
+    /// The host.
+    pub host: String,
+    /// The port (the transport's default when the URI has none).
+    pub port: u16,
+    /// TLS (`+tls`, the default with a host) rather than plain TCP (`+tcp`).
+    pub tls: bool,
+}
+
 /// Where a call goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -78,19 +96,39 @@ pub enum Target {
     Daemon(BackendKey),
     /// The in-process test driver.
     TestDriver,
+    /// Another host's virtproxyd.
+    Remote(RemoteKey),
 }
 
 /// Routes a call for `service` (`rvirt.v1.DomainService`) with connection URI `uri`, from a
 /// caller on a socket of kind `socket`: the route table's answer, or the error the caller gets.
 pub fn route_call(uri: &ConnectUri, service: &str, socket: SocketKind) -> Result<Target, tonic::Status> {
     if uri.is_remote() || uri.transport != Transport::Unix {
-        return Err(status(
-            ErrorCode::OperationUnsupported,
-            ErrorDomain::Remote,
-            format!(
-                "{uri} names a remote host: remote URIs arrive with virtproxyd's TLS support; use a local URI"
-            ),
-        ));
+        if uri.pkipath.is_some() || uri.keyfile.is_some() || uri.no_verify {
+            return Err(status(
+                ErrorCode::OperationUnsupported,
+                ErrorDomain::Remote,
+                format!(
+                    "{uri}: the proxy dials remote hosts with its own certificate (/etc/pki/rvirt/clientcert.pem); drop pkipath=, keyfile= and no_verify="
+                ),
+            ));
+        }
+        if route::owner(uri.driver, service).is_none() {
+            return Err(status(
+                ErrorCode::OperationUnsupported,
+                ErrorDomain::Remote,
+                format!(
+                    "{} does not serve {service}: use a qemu:// URI, or the URI of the driver that owns it",
+                    uri.local()
+                ),
+            ));
+        }
+        let (host, port, _) = rvirt::connect::remote_target(uri);
+        return Ok(Target::Remote(RemoteKey {
+            host,
+            port,
+            tls: uri.transport != Transport::Tcp,
+        }));
     }
     if uri.socket.is_some() {
         return Err(status(
@@ -143,10 +181,34 @@ pub fn backend_socket(key: BackendKey, system: &BaseDirs, session: &BaseDirs) ->
     base.runtime.join(format!("{}-{suffix}", key.daemon.sockets))
 }
 
-/// One backend socket and its pooled HTTP/2 connection, which carries every concurrent call.
+/// One backend socket (or remote proxy) and its pooled HTTP/2 connection, which carries every
+/// concurrent call.
 struct Backend {
     socket: PathBuf,
+    /// Set for a remote proxy, dialed over TCP/TLS instead of `socket`.
+    remote: Option<crate::remote::RemoteDial>,
     sender: Mutex<Option<SendRequest<Body>>>,
+}
+
+/// Runs the HTTP/2 client handshake on `io` and drives the connection in its own task.
+async fn handshake<T>(io: T) -> Result<SendRequest<Body>, Unreachable>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Windows and frames sized for bulk streams (volume upload/download, 1 MiB messages).
+    let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .initial_stream_window_size(8 << 20)
+        .initial_connection_window_size(16 << 20)
+        .max_frame_size(1 << 20)
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| Unreachable(root_cause(&e)))?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "backend connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// Why a call could not be handed to a backend.
@@ -157,6 +219,15 @@ impl Backend {
     fn new(socket: PathBuf) -> Backend {
         Backend {
             socket,
+            remote: None,
+            sender: Mutex::new(None),
+        }
+    }
+
+    fn remote(dial: crate::remote::RemoteDial) -> Backend {
+        Backend {
+            socket: PathBuf::new(),
+            remote: Some(dial),
             sender: Mutex::new(None),
         }
     }
@@ -172,18 +243,15 @@ impl Backend {
 
     /// Connects anew and pools the connection.
     async fn connect(&self) -> Result<SendRequest<Body>, Unreachable> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|e| Unreachable(e.to_string()))?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| Unreachable(root_cause(&e)))?;
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "backend connection ended");
+        let sender = match &self.remote {
+            None => {
+                let stream = tokio::net::UnixStream::connect(&self.socket)
+                    .await
+                    .map_err(|e| Unreachable(e.to_string()))?;
+                handshake(stream).await?
             }
-        });
+            Some(dial) => handshake(dial.dial().await.map_err(|e| Unreachable(e.to_string()))?).await?,
+        };
         *self
             .sender
             .lock()
@@ -226,6 +294,8 @@ struct Inner {
     default_uri: Arc<ParsedUri>,
     backends: HashMap<BackendKey, Backend>,
     uris: Mutex<HashMap<Vec<u8>, Arc<ParsedUri>>>,
+    /// Remote proxies, made on first use.
+    remotes: Mutex<HashMap<RemoteKey, Arc<Backend>>>,
 }
 
 /// Forwards calls to their backends; cheap to clone, one per proxy.
@@ -276,6 +346,7 @@ impl Forwarder {
                 default_uri,
                 backends,
                 uris: Mutex::new(HashMap::new()),
+                remotes: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -341,14 +412,83 @@ impl Inner {
             Ok(target) => target,
             Err(refused) => return refused.into_http(),
         };
+        let remote_caller = request.extensions_mut().remove::<RemotePeer>();
         // Nothing the server layers attached is meant for the backend.
         request.extensions_mut().clear();
         let headers = request.headers_mut();
         headers.insert(rvirt_proto::URI_METADATA_KEY, parsed.local.clone());
-        set_identity(headers, &caller);
+        match (&target, &remote_caller) {
+            (Target::Remote(_), Some(peer)) => {
+                return status(
+                    ErrorCode::OperationDenied,
+                    ErrorDomain::Remote,
+                    format!(
+                        "{} names another host, and a caller that came over {} may not be forwarded further: connect to that host directly",
+                        parsed.uri,
+                        peer.transport.as_str()
+                    ),
+                )
+                .into_http();
+            }
+            // The remote proxy knows us by our certificate; a remote caller was already checked
+            // here, so the backend serves it as the proxy.
+            (Target::Remote(_), None) | (_, Some(_)) => strip_identity(headers),
+            (_, None) => set_identity(headers, &caller),
+        }
         match target {
             Target::TestDriver => self.to_test_driver(&parsed.uri, &caller, request).await,
             Target::Daemon(key) => self.to_daemon(key, &parsed.uri, request).await,
+            Target::Remote(key) => self.to_remote(key, &parsed.uri, request).await,
+        }
+    }
+
+    /// The pooled connection to a remote proxy, made on first use.
+    fn remote_backend(&self, key: &RemoteKey) -> Result<Arc<Backend>, tonic::Status> {
+        let mut remotes = self
+            .remotes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(backend) = remotes.get(key) {
+            return Ok(Arc::clone(backend));
+        }
+        let tls = if key.tls {
+            let pki = rvirt::tls::PkiPaths::client(None);
+            Some(
+                rvirt::tls::client::config(&pki)
+                    .map_err(|e| status(e.code, ErrorDomain::Remote, e.message))?,
+            )
+        } else {
+            None
+        };
+        let backend = Arc::new(Backend::remote(crate::remote::RemoteDial {
+            host: key.host.clone(),
+            port: key.port,
+            tls,
+        }));
+        remotes.insert(key.clone(), Arc::clone(&backend));
+        Ok(backend)
+    }
+
+    async fn to_remote(
+        &self,
+        key: RemoteKey,
+        uri: &ConnectUri,
+        request: http::Request<Body>,
+    ) -> http::Response<Body> {
+        let backend = match self.remote_backend(&key) {
+            Ok(backend) => backend,
+            Err(refused) => return refused.into_http(),
+        };
+        match backend.send(request).await {
+            Ok(response) => response,
+            Err(Unreachable(cause)) => {
+                let (_, _, shown) = rvirt::connect::remote_target(uri);
+                let transport = if key.tls { "tls" } else { "tcp" };
+                let pki = key.tls.then(|| rvirt::tls::PkiPaths::client(None));
+                let failure = rvirt::tls::classify_message(&cause);
+                let e = rvirt::tls::failure_error(&failure, &shown, transport, pki.as_ref());
+                status(e.code, ErrorDomain::Remote, e.message).into_http()
+            }
         }
     }
 
@@ -407,16 +547,22 @@ impl Inner {
     }
 }
 
-/// Replaces any `rvirt-caller-*` metadata with the caller's own identity.
-fn set_identity(headers: &mut http::HeaderMap, caller: &ClientInfo) {
+/// Removes every `rvirt-caller-*` metadata.
+fn strip_identity(headers: &mut http::HeaderMap) {
     for name in [
         CALLER_UID_METADATA,
         CALLER_GID_METADATA,
         CALLER_PID_METADATA,
         CALLER_GROUPS_METADATA,
+        CALLER_CERT_SUBJECT_METADATA,
     ] {
         headers.remove(name);
     }
+}
+
+/// Replaces any `rvirt-caller-*` metadata with the caller's own identity.
+fn set_identity(headers: &mut http::HeaderMap, caller: &ClientInfo) {
+    strip_identity(headers);
     headers.insert(CALLER_UID_METADATA, HeaderValue::from(caller.uid));
     headers.insert(CALLER_GID_METADATA, HeaderValue::from(caller.gid));
     if let Some(pid) = caller.pid {
@@ -534,14 +680,52 @@ mod tests {
     }
 
     #[test]
-    fn remote_uri_is_unsupported_until_tls() {
+    fn remote_uri_goes_to_the_remote_proxy() {
+        assert_eq!(
+            route_call(
+                &uri("qemu+tls://host.example/system"),
+                "rvirt.v1.DomainService",
+                SocketKind::ReadWrite,
+            )
+            .ok(),
+            Some(Target::Remote(RemoteKey {
+                host: "host.example".into(),
+                port: 16514,
+                tls: true
+            }))
+        );
+        assert_eq!(
+            route_call(
+                &uri("secret+tcp://10.0.0.1:7/system"),
+                "rvirt.v1.SecretService",
+                SocketKind::ReadWrite,
+            )
+            .ok(),
+            Some(Target::Remote(RemoteKey {
+                host: "10.0.0.1".into(),
+                port: 7,
+                tls: false
+            }))
+        );
+    }
+
+    #[test]
+    fn a_remote_uri_may_not_name_the_proxys_certificates() {
         let (code, message) = refused(route_call(
-            &uri("qemu+tls://host.example/system"),
+            &uri("qemu+tls://h/system?pkipath=/home/u/.pki"),
             "rvirt.v1.DomainService",
             SocketKind::ReadWrite,
         ));
         assert_eq!(code, ErrorCode::OperationUnsupported);
-        assert!(message.contains("TLS"), "{message}");
+        assert!(message.contains("pkipath"), "{message}");
+    }
+
+    #[test]
+    fn client_sent_certificate_subject_is_removed() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(CALLER_CERT_SUBJECT_METADATA, HeaderValue::from_static("CN=admin"));
+        strip_identity(&mut headers);
+        assert!(headers.is_empty());
     }
 
     #[test]
@@ -606,6 +790,7 @@ mod tests {
             pid: Some(42),
             socket: SocketKind::ReadWrite,
             connected_at: std::time::SystemTime::now(),
+            cert_subject: None,
         };
         set_identity(&mut headers, &caller);
         let all: Vec<_> = headers.get_all(CALLER_UID_METADATA).iter().collect();

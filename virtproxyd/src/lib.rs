@@ -6,8 +6,14 @@
 //! Network, StoragePool, StorageVol, Secret): each call goes, undecoded, to the daemon that owns
 //! the pair (URI driver, service) in [`rvirt::route`]'s table, or to the in-process test driver
 //! for `test:///` URIs. See [`forward`] and `docs/proxy.md`.
+//!
+//! With `--listen` or `listen_tls`/`listen_tcp` in `virtproxyd.conf`, it also serves the same
+//! forwarding services over TLS (16514, mutual authentication) and plain TCP (16509), and
+//! forwards calls whose URI names a host to that host's virtproxyd: see [`remote`] and [`tls`].
 
 pub mod forward;
+pub mod remote;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -28,15 +34,17 @@ pub const SPEC: DaemonSpec = DaemonSpec {
 /// Builds the daemon's driver.
 pub async fn init(ctx: Arc<DaemonContext>) -> Result<ProxyDriver, String> {
     let default_uri = forward::default_uri(ctx.mode)?;
-    Ok(ProxyDriver {
-        forwarder: Forwarder::new(default_uri),
-    })
+    let forwarder = Forwarder::new(default_uri);
+    let remote = remote::start(&ctx, &forwarder).await?;
+    Ok(ProxyDriver { forwarder, remote })
 }
 
 /// The proxy's driver: the forwarding services.
 #[derive(Debug)]
 pub struct ProxyDriver {
     forwarder: Forwarder,
+    /// The TCP/TLS listeners (their clients are in the runtime's registry like local ones).
+    pub remote: remote::RemoteListeners,
 }
 
 impl Driver for ProxyDriver {
@@ -50,6 +58,20 @@ impl Driver for ProxyDriver {
             .with(StorageVolProxy(f.clone()))
             .with(SecretProxy(f.clone()))
     }
+}
+
+/// The forwarding services as routes, for the remote listeners (the Unix sockets get them
+/// through the runtime's [`ServiceSet`]).
+pub fn routes(f: &Forwarder) -> tonic::service::Routes {
+    let mut builder = tonic::service::Routes::builder();
+    builder
+        .add_service(HostProxy(f.clone()))
+        .add_service(DomainProxy(f.clone()))
+        .add_service(NetworkProxy(f.clone()))
+        .add_service(StoragePoolProxy(f.clone()))
+        .add_service(StorageVolProxy(f.clone()))
+        .add_service(SecretProxy(f.clone()));
+    builder.routes()
 }
 
 /// Declares a forwarding service under a gRPC service name: the runtime's router dispatches by
