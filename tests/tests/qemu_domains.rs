@@ -63,11 +63,13 @@ fn status_pid(path: &Path) -> Option<u32> {
     value.get("pid")?.as_u64().and_then(|p| u32::try_from(p).ok())
 }
 
+/// Fields drop in order: the reaper first (it reads the status files under the root), then
+/// the daemon, then the root directory.
 struct Env {
-    root: TestRoot,
+    _reaper: Reaper,
     daemon: DaemonProcess,
     client: DomainServiceClient<Channel>,
-    _reaper: Reaper,
+    root: TestRoot,
 }
 
 impl Env {

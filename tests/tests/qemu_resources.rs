@@ -211,11 +211,13 @@ fn nic_domain_xml(name: &str, disk: &Path, interface: &str) -> String {
 }
 
 /// virtqemud (and the daemons it needs) on one root, optionally inside a namespace.
+/// Fields drop in order: the reaper first (it reads the status files under the root), then
+/// the daemons, then the root directory.
 struct Env {
-    root: TestRoot,
+    _reaper: Reaper,
     _daemons: Vec<DaemonProcess>,
     domains: DomainServiceClient<Channel>,
-    _reaper: Reaper,
+    root: TestRoot,
 }
 
 impl Env {
