@@ -1,23 +1,83 @@
-//! Upload and download throughput against `cp` of the same file.
+//! Upload and download throughput against `cp` of the same file, direct to virtstoraged and
+//! through virtproxyd.
 //!
-//! Serves the storage services in-process on a Unix socket (the same services and socket
-//! transport the daemon uses), creates a dir pool in a temporary directory, and for a dense
-//! file and a sparse one measures `cp`, an upload and a download through gRPC. Prints a table.
-//! Run with `cargo bench -p virtstoraged --bench stream_throughput` (`-- --size-mib N` to
-//! change the dense file's size, default 256).
+//! Starts the real `virtstoraged` and `virtproxyd` binaries (from `RVIRT_BIN_DIR`, else
+//! `target/release`) in a temporary `RVIRT_ROOT`, waits for their readiness notification,
+//! creates a dir pool, and for a dense file and a sparse one measures `cp` (+ fsync), then an
+//! upload and a download through `rvirt::Connect` — `storage:///system?mode=direct` (the
+//! daemon's socket) and `?mode=legacy` (virtproxyd's socket) — with the client's real channel
+//! settings. Each transfer is timed to the end of the last write (the upload's reply comes
+//! after the daemon's `fdatasync`; a download ends with the client's `fsync`). Prints a table.
+//!
+//! ```text
+//! cargo build --release -p virtstoraged -p virtproxyd
+//! cargo bench -p virtstoraged --bench stream_throughput [-- --size-mib N --runs R]
+//! ```
 
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::FileExt as _;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::Arc;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rvirt::connect::GrpcTransport;
+use rvirt::{Connect, OpenOptions};
 use rvirt_proto::v1::storage_pool_service_client::StoragePoolServiceClient;
 use rvirt_proto::v1::storage_vol_service_client::StorageVolServiceClient;
 use rvirt_proto::v1::*;
-use virtstoraged::command::HostRunner;
-use virtstoraged::driver::{DriverPaths, StorageDriver};
+
+type Vols = StorageVolServiceClient<GrpcTransport>;
+
+/// A daemon this benchmark started; killed when dropped.
+struct Daemon {
+    child: Child,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bin_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RVIRT_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    // target/release/deps/stream_throughput-… → target/release
+    let exe = std::env::current_exe().expect("this binary");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target directory")
+}
+
+fn start(name: &str, root: &Path) -> Daemon {
+    let program = bin_dir().join(name);
+    let notify_path = root.join(format!("notify-{name}"));
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("notify timeout");
+    let child = Command::new(&program)
+        .env("RVIRT_ROOT", root)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .env("RVIRT_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it first)", program.display()));
+    let daemon = Daemon { child };
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = notify.recv(&mut buf).expect("readiness");
+        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
+            return daemon;
+        }
+    }
+}
 
 fn vol_ref(name: &str) -> Option<StorageVolRef> {
     Some(StorageVolRef {
@@ -100,12 +160,7 @@ fn upload_stream(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-async fn download(
-    vols: &mut StorageVolServiceClient<tonic::transport::Channel>,
-    vol: &str,
-    dest: &Path,
-    sparse: bool,
-) {
+async fn download(vols: &mut Vols, vol: &str, dest: &Path, sparse: bool) {
     let mut stream = vols
         .download_storage_vol(DownloadStorageVolRequest {
             vol: vol_ref(vol),
@@ -149,65 +204,56 @@ fn mbps(bytes: u64, d: Duration) -> f64 {
     bytes as f64 / (1 << 20) as f64 / d.as_secs_f64()
 }
 
-#[tokio::main]
-async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let size_mib: u64 = args
-        .iter()
-        .position(|a| a == "--size-mib")
+fn arg(args: &[String], name: &str, default: u64) -> u64 {
+    args.iter()
+        .position(|a| a == name)
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let driver = StorageDriver::new(
-        DriverPaths {
-            config_dir: dir.path().join("config"),
-            state_dir: dir.path().join("state"),
+        .unwrap_or(default)
+}
+
+async fn open(uri: &str) -> (StoragePoolServiceClient<GrpcTransport>, Vols) {
+    let uri = rvirt::uri::ConnectUri::parse(uri).expect("URI");
+    let conn = Connect::open_with(
+        uri,
+        OpenOptions {
+            read_only: false,
+            deadline: Duration::from_secs(600),
+            autostart: false,
         },
-        Arc::new(HostRunner),
-    );
-    let socket = dir.path().join("sock");
-    let listener = tokio::net::UnixListener::bind(&socket).expect("bind");
-    let (pools_svc, vols_svc) = virtstoraged::storage_services(&driver);
-    // BENCH_TUNED=1: HTTP/2 frames and windows sized for 1 MiB chunks on both sides.
-    let tuned = std::env::var_os("BENCH_TUNED").is_some();
-    let mut server = tonic::transport::Server::builder();
-    if tuned {
-        server = server
-            .max_frame_size(Some((1 << 24) - 1))
-            .initial_stream_window_size(Some(16 << 20))
-            .initial_connection_window_size(Some(32 << 20));
-    }
-    tokio::spawn(
-        server
-            .add_service(pools_svc)
-            .add_service(vols_svc)
-            .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener)),
-    );
-    let channel = if tuned {
-        let path = socket.clone();
-        tonic::transport::Endpoint::from_static("http://localhost")
-            .max_frame_size((1 << 24) - 1)
-            .initial_stream_window_size(16 << 20)
-            .initial_connection_window_size(32 << 20)
-            .connect_with_connector(tower::service_fn(move |_: tonic::codegen::http::Uri| {
-                let path = path.clone();
-                async move {
-                    tokio::net::UnixStream::connect(path)
-                        .await
-                        .map(hyper_util::rt::TokioIo::new)
-                }
-            }))
-            .await
-            .expect("connect")
-    } else {
-        rvirt::transport::unix_channel(&socket).await.expect("connect")
-    };
-    let mut pools = StoragePoolServiceClient::new(channel.clone());
-    let mut vols = StorageVolServiceClient::new(channel)
+    )
+    .await
+    .expect("connect");
+    let pools = StoragePoolServiceClient::new(conn.transport("rvirt.v1.StoragePoolService").expect("pools"));
+    let vols = StorageVolServiceClient::new(conn.transport("rvirt.v1.StorageVolService").expect("vols"))
         .max_decoding_message_size(8 << 20)
         .max_encoding_message_size(8 << 20);
-    let pool_dir = dir.path().join("pool");
+    (pools, vols)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let size_mib = arg(&args, "--size-mib", 256);
+    let runs = arg(&args, "--runs", 3).max(1);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    // SAFETY: no other thread exists yet (the runtime is built below), so nothing reads the
+    // environment concurrently.
+    unsafe { std::env::set_var("RVIRT_ROOT", &root) };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(dir.path(), &root, size_mib, runs));
+}
+
+async fn run(dir: &Path, root: &Path, size_mib: u64, runs: u64) {
+    let _storaged = start("virtstoraged", root);
+    let _proxy = start("virtproxyd", root);
+    let (mut pools, direct) = open("storage:///system?mode=direct").await;
+    let (_, proxied) = open("storage:///system?mode=legacy").await;
+    let pool_dir = dir.join("pool");
     pools
         .create_storage_pool_xml(CreateStoragePoolXmlRequest {
             xml: format!(
@@ -219,7 +265,7 @@ async fn main() {
         .await
         .expect("pool");
 
-    let dense = dir.path().join("dense.img");
+    let dense = dir.join("dense.img");
     {
         let f = std::fs::File::create(&dense).expect("dense");
         let chunk: Vec<u8> = (0..(1u32 << 20))
@@ -230,7 +276,7 @@ async fn main() {
         }
         f.sync_all().expect("sync");
     }
-    let sparse = dir.path().join("sparse.img");
+    let sparse = dir.join("sparse.img");
     {
         let f = std::fs::File::create(&sparse).expect("sparse");
         f.set_len((size_mib * 4) << 20).expect("len");
@@ -242,35 +288,16 @@ async fn main() {
     }
 
     println!(
-        "{:<34} {:>10} {:>9} {:>10} {:>9}",
-        "operation", "bytes", "seconds", "MiB/s", "vs cp"
+        "{:<44} {:>11} {:>9} {:>10} {:>9}",
+        "operation (best of runs)", "bytes", "seconds", "MiB/s", "vs cp"
     );
     for (label, src, is_sparse) in [("dense", &dense, false), ("sparse", &sparse, true)] {
         let size = std::fs::metadata(src).expect("meta").len();
-        let cp_time = cp(src, &dir.path().join("cp.out"));
-        let name = format!("{label}.raw");
-        vols.create_storage_vol_xml(CreateStorageVolXmlRequest {
-            pool: Some(StoragePoolRef {
-                key: Some(storage_pool_ref::Key::Name("bench".into())),
-            }),
-            xml: format!(
-                "<volume><name>{name}</name><capacity>{size}</capacity><allocation>0</allocation></volume>"
-            ),
-            flags: 0,
-        })
-        .await
-        .expect("volume");
-        let t = Instant::now();
-        vols.upload_storage_vol(upload_stream(src.clone(), name.clone(), is_sparse))
-            .await
-            .expect("upload");
-        let up = t.elapsed();
-        let t = Instant::now();
-        download(&mut vols, &name, &dir.path().join("down.out"), is_sparse).await;
-        let down = t.elapsed();
+        let best = |times: Vec<Duration>| times.into_iter().min().unwrap_or_default();
+        let cp_time = best((0..runs).map(|_| cp(src, &dir.join("cp.out"))).collect());
         let row = |op: &str, d: Duration| {
             println!(
-                "{:<34} {:>10} {:>9.3} {:>10.1} {:>8.2}x",
+                "{:<44} {:>11} {:>9.3} {:>10.1} {:>8.2}x",
                 op,
                 size,
                 d.as_secs_f64(),
@@ -279,19 +306,35 @@ async fn main() {
             );
         };
         row(&format!("cp ({label} file)"), cp_time);
-        row(
-            &format!(
-                "upload ({label}{})",
-                if is_sparse { ", sparse stream" } else { "" }
-            ),
-            up,
-        );
-        row(
-            &format!(
-                "download ({label}{})",
-                if is_sparse { ", sparse stream" } else { "" }
-            ),
-            down,
-        );
+        let stream = if is_sparse { ", sparse stream" } else { "" };
+        for (path, client) in [("direct", &direct), ("via virtproxyd", &proxied)] {
+            let mut vols = client.clone();
+            let name = format!("{label}-{}.raw", path.replace(' ', "-"));
+            vols.create_storage_vol_xml(CreateStorageVolXmlRequest {
+                pool: Some(StoragePoolRef {
+                    key: Some(storage_pool_ref::Key::Name("bench".into())),
+                }),
+                xml: format!(
+                    "<volume><name>{name}</name><capacity>{size}</capacity><allocation>0</allocation></volume>"
+                ),
+                flags: 0,
+            })
+            .await
+            .expect("volume");
+            let mut ups = Vec::new();
+            let mut downs = Vec::new();
+            for _ in 0..runs {
+                let t = Instant::now();
+                vols.upload_storage_vol(upload_stream(src.clone(), name.clone(), is_sparse))
+                    .await
+                    .expect("upload");
+                ups.push(t.elapsed());
+                let t = Instant::now();
+                download(&mut vols, &name, &dir.join("down.out"), is_sparse).await;
+                downs.push(t.elapsed());
+            }
+            row(&format!("upload ({label}{stream}, {path})"), best(ups));
+            row(&format!("download ({label}{stream}, {path})"), best(downs));
+        }
     }
 }

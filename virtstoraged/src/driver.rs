@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rvirt_conf::storage::{PoolDef, PoolType, VolDef, VolParseOptions};
+use rvirt_conf::storage::{Encryption, PoolDef, PoolType, VolDef, VolParseOptions};
 use rvirt_daemon::atomic::{remove_durable, write_atomic};
 use rvirt_daemon::events::EventLog;
 use rvirt_proto::v1::{
@@ -25,7 +25,9 @@ use crate::error::{Result, StorageError};
 use crate::fsvol;
 use crate::lvm;
 use crate::names::check_vol_name;
-use crate::qemu_img::ImageOptions;
+use crate::qemu_img::{ImageOptions, LuksKey};
+use crate::secrets::{FixedSecrets, KeyFile, SecretSource};
+use crate::wipe;
 
 /// Where the driver keeps its files.
 #[derive(Debug, Clone)]
@@ -473,6 +475,73 @@ pub struct StorageDriver {
     /// Pool events.
     pub events: EventLog<PoolEvent>,
     runner: Arc<dyn CommandRunner>,
+    secrets: Arc<dyn SecretSource>,
+}
+
+/// What rvirt can create encrypted: LUKS (`<encryption format='luks'>` with one passphrase
+/// secret) in raw and qcow2 file volumes, by QEMU.
+fn check_encryption(kind: PoolType, vol: &VolDef, enc: &Encryption) -> Result<()> {
+    let refuse = |what: String| Err(StorageError::new(ErrorCode::ConfigUnsupported, what));
+    if kind == PoolType::Logical {
+        return refuse(format!(
+            "Volume '{}': encrypted logical volumes are not supported: use a dir or fs pool",
+            vol.name
+        ));
+    }
+    if enc.format != "luks" {
+        return refuse(format!(
+            "Volume '{}': encryption format '{}' is not supported for new volumes: use <encryption format='luks'>",
+            vol.name, enc.format
+        ));
+    }
+    if enc.engine.as_deref().is_some_and(|e| e != "qemu") {
+        return refuse(format!(
+            "Volume '{}': encryption engine '{}' is not supported: remove the engine attribute",
+            vol.name,
+            enc.engine.as_deref().unwrap_or_default()
+        ));
+    }
+    if !matches!(vol.format(), Some("raw" | "qcow2")) {
+        return refuse(format!(
+            "Volume '{}': LUKS encryption needs the raw or qcow2 format, not '{}'",
+            vol.name,
+            vol.format().unwrap_or_default()
+        ));
+    }
+    if enc.secret.len() != 1 {
+        return refuse(format!(
+            "Volume '{}': an encrypted volume needs exactly one <secret type='passphrase' uuid='…'/> in <encryption>",
+            vol.name
+        ));
+    }
+    Ok(())
+}
+
+/// The format to give `qemu-img info` for a volume rvirt knows: `luks` for an encrypted raw
+/// volume (so its size is the payload's), the volume's format otherwise.
+fn probe_format(def: &VolDef) -> Option<&str> {
+    let luks = def
+        .target
+        .as_ref()
+        .and_then(|t| t.encryption.as_ref())
+        .is_some_and(|e| e.format == "luks");
+    match def.format() {
+        Some("raw") if luks => Some("luks"),
+        other => other,
+    }
+}
+
+/// Carries the secrets (and cipher) of a volume's `<encryption>` over to a new reading of it
+/// from disk, which only knows that it is encrypted.
+fn keep_encryption(fresh: &mut VolDef, old: &VolDef) {
+    let old = old.target.as_ref().and_then(|t| t.encryption.as_ref());
+    if let (Some(new), Some(old)) = (fresh.target.as_mut().and_then(|t| t.encryption.as_mut()), old)
+        && new.format == old.format
+    {
+        new.secret.clone_from(&old.secret);
+        new.cipher.clone_from(&old.cipher);
+        new.ivgen.clone_from(&old.ivgen);
+    }
 }
 
 fn config_file(dir: &Path, name: &str) -> PathBuf {
@@ -480,14 +549,62 @@ fn config_file(dir: &Path, name: &str) -> PathBuf {
 }
 
 impl StorageDriver {
-    /// A driver with no pools; [`StorageDriver::load`] reads what is on disk.
+    /// A driver with no pools and no secrets (encrypted volumes fail with `NO_SECRET`);
+    /// [`StorageDriver::load`] reads what is on disk.
     pub fn new(paths: DriverPaths, runner: Arc<dyn CommandRunner>) -> Arc<Self> {
+        Self::with_secrets(paths, runner, Arc::new(FixedSecrets::default()))
+    }
+
+    /// A driver with no pools that reads the passphrases of encrypted volumes from `secrets`.
+    pub fn with_secrets(
+        paths: DriverPaths,
+        runner: Arc<dyn CommandRunner>,
+        secrets: Arc<dyn SecretSource>,
+    ) -> Arc<Self> {
         Arc::new(StorageDriver {
             paths,
             state: Mutex::new(State::default()),
             events: EventLog::new(1024),
             runner,
+            secrets,
         })
+    }
+
+    /// Where passphrase files for `qemu-img` live while it runs.
+    fn key_dir(&self) -> PathBuf {
+        self.paths.state_dir.join("keys")
+    }
+
+    /// Writes the passphrase of `vol`'s encryption to a private key file and returns it with
+    /// the `qemu-img` key it becomes; `None` for a volume without encryption.
+    async fn luks_key(&self, vol: &VolDef) -> Result<Option<(KeyFile, LuksKey)>> {
+        let Some(enc) = vol.target.as_ref().and_then(|t| t.encryption.as_ref()) else {
+            return Ok(None);
+        };
+        let options = crate::qemu_img::luks_options(enc).map_err(|e| {
+            StorageError::new(
+                ErrorCode::ConfigUnsupported,
+                format!("Cannot encrypt volume '{}': {e}", vol.name),
+            )
+        })?;
+        let secret = enc.secret.first().ok_or_else(|| {
+            StorageError::new(
+                ErrorCode::ConfigUnsupported,
+                format!(
+                    "Volume '{}' is encrypted but its passphrase secret is not known (volumes found by a refresh do not carry it): \
+                     it cannot be re-encrypted",
+                    vol.name
+                ),
+            )
+        })?;
+        let value = self.secrets.passphrase(secret).await?;
+        let file = KeyFile::write(&self.key_dir(), &value)?;
+        let key = LuksKey {
+            alias: "sec0".into(),
+            file: file.path().to_owned(),
+            options,
+        };
+        Ok(Some((file, key)))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -586,6 +703,14 @@ impl StorageDriver {
     /// Loads persistent definitions and status files, recovers active pools (refreshing them)
     /// and starts autostart pools.
     pub async fn load(self: &Arc<Self>) {
+        // Key files left by a daemon that stopped while qemu-img ran.
+        if let Ok(entries) = std::fs::read_dir(self.key_dir()) {
+            for entry in entries.flatten() {
+                if let Err(e) = std::fs::remove_file(entry.path()) {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove a stale key file");
+                }
+            }
+        }
         for def in Self::read_defs(&self.paths.config_dir) {
             let autostart = self.autostart_link(def.name()).exists();
             self.lock().pools.insert(
@@ -1062,7 +1187,7 @@ impl StorageDriver {
                         if v.building {
                             None
                         } else {
-                            v.def.format().map(str::to_owned)
+                            probe_format(&v.def).map(str::to_owned)
                         },
                     )
                 })
@@ -1078,8 +1203,11 @@ impl StorageDriver {
             p.sizes = sizes;
             let mut fresh: BTreeMap<String, VolObj> = vols
                 .into_iter()
-                .map(|v| {
+                .map(|mut v| {
                     let in_use = p.vols.get(&v.name).map_or(0, |o| o.in_use);
+                    if let Some(old) = p.vols.get(&v.name) {
+                        keep_encryption(&mut v, &old.def);
+                    }
                     (
                         v.name.clone(),
                         VolObj {
@@ -1309,11 +1437,8 @@ impl StorageDriver {
         let kind = self.lock().pool(pool)?.def.pool_type;
         let vol = VolDef::from_xml(xml, kind, options).map_err(|e| StorageError::xml("storage volume", e))?;
         check_vol_name(&vol.name)?;
-        if vol.target.as_ref().is_some_and(|t| t.encryption.is_some()) {
-            return Err(StorageError::new(
-                ErrorCode::ConfigUnsupported,
-                "Encrypted volumes are not supported yet by rvirt: remove <encryption> from the volume XML",
-            ));
+        if let Some(enc) = vol.target.as_ref().and_then(|t| t.encryption.as_ref()) {
+            check_encryption(kind, &vol, enc)?;
         }
         Ok(vol)
     }
@@ -1345,6 +1470,10 @@ impl StorageDriver {
             .pools
             .get_mut(&reservation.pool)
             .ok_or_else(|| StorageError::no_pool(format!("'{}'", reservation.pool)))?;
+        let mut probed = probed;
+        if let Some(requested) = p.vols.get(&reservation.name) {
+            keep_encryption(&mut probed, &requested.def);
+        }
         let summary = p.vol_summary(&probed);
         p.vols.insert(
             reservation.name.clone(),
@@ -1368,11 +1497,13 @@ impl StorageDriver {
         let vol = self.parse_vol(pool, xml, VolParseOptions::default())?;
         let (reservation, _job, pool_def) = self.reserve(pool, &vol)?;
         let path = self.vol_path(&pool_def, &vol.name);
-        let format = vol.format().map(str::to_owned);
+        let format = probe_format(&vol).map(str::to_owned);
         match pool_def.pool_type {
             PoolType::Logical => lvm::create(self.runner.as_ref(), &pool_def, &vol).await?,
             _ => {
-                let mut image = ImageOptions::from_vol(&vol, flags & flags::VOL_PREALLOC_METADATA != 0, None);
+                // Removed (with the passphrase in it) when this scope ends, create or not.
+                let (key_file, key) = self.luks_key(&vol).await?.unzip();
+                let mut image = ImageOptions::from_vol(&vol, flags & flags::VOL_PREALLOC_METADATA != 0, key);
                 if image.format == "raw"
                     && image.preallocation.is_none()
                     && image.allocation >= image.capacity
@@ -1399,6 +1530,7 @@ impl StorageDriver {
                     }
                 }
                 fsvol::create(self.runner.as_ref(), &path, &vol, &image, None).await?;
+                drop(key_file);
             }
         }
         self.commit(reservation, &pool_def, format).await
@@ -1457,6 +1589,12 @@ impl StorageDriver {
                 capacity_optional: true,
             },
         )?;
+        if vol.target.as_ref().is_some_and(|t| t.encryption.is_some()) {
+            return Err(StorageError::new(
+                ErrorCode::ConfigUnsupported,
+                "Cloning into an encrypted volume is not supported: create the encrypted volume, then upload into it from a guest",
+            ));
+        }
         let input = self.vol_use(source)?;
         if !vol.has_capacity() {
             vol.capacity = Some(rvirt_conf::storage::ScaledXml::bytes(input.capacity, "bytes"));
@@ -1575,13 +1713,14 @@ impl StorageDriver {
         let path = self.vol_path(pool, &vol.name);
         let probed = match pool.pool_type {
             PoolType::Logical => lvm::probe(self.runner.as_ref(), pool, &vol.name).await,
-            _ => fsvol::probe(self.runner.as_ref(), &path, &vol.name, vol.format()).await,
+            _ => fsvol::probe(self.runner.as_ref(), &path, &vol.name, probe_format(vol)).await,
         };
         let mut state = self.lock();
         if let Some(p) = state.pools.get_mut(&reservation.pool)
             && let Some(v) = p.vols.get_mut(&reservation.name)
         {
-            if let Ok(Some(def)) = probed {
+            if let Ok(Some(mut def)) = probed {
+                keep_encryption(&mut def, vol);
                 v.def = def;
             }
             v.building = false;
@@ -1606,7 +1745,7 @@ impl StorageDriver {
         let path = self.vol_path(&pool, &vol.name);
         let result = async {
             if flags & flags::VOL_DELETE_ZEROED != 0 {
-                fsvol::wipe_zero(&path).await?;
+                wipe::wipe(&path, rvirt_proto::v1::StorageVolWipeAlgorithm::Zero).await?;
             }
             match pool.pool_type {
                 PoolType::Logical => lvm::delete(self.runner.as_ref(), &pool, &vol.name).await,
@@ -1637,29 +1776,30 @@ impl StorageDriver {
         }
     }
 
-    /// Wipes a volume.
+    /// Wipes a volume with one of libvirt's algorithms ([`crate::wipe`]); a volume of a
+    /// format with metadata (qcow2) is then recreated empty with the same format and capacity.
     pub async fn vol_wipe(&self, key: &VolKey, algorithm: i32, flags: u32) -> Result<()> {
         check_flags(flags, 0, "wiping a volume")?;
-        use rvirt_proto::v1::StorageVolWipeAlgorithm as Alg;
-        let alg = Alg::try_from(algorithm)
-            .map_err(|_| StorageError::invalid_arg(format!("Unknown wipe algorithm {algorithm}")))?;
-        if alg != Alg::Zero {
-            return Err(StorageError::new(
-                ErrorCode::ArgumentUnsupported,
-                format!(
-                    "Wipe algorithm {} is not supported by rvirt: use ZERO",
-                    alg.as_str_name()
-                        .trim_start_matches("STORAGE_VOL_WIPE_ALGORITHM_")
-                ),
-            ));
-        }
+        let alg = wipe::algorithm(algorithm)?;
         let (pool, vol, reservation, _job) = self.vol_modify(key, "wipe")?;
         let path = self.vol_path(&pool, &vol.name);
         let result = async {
-            fsvol::wipe_zero(&path).await?;
+            let encrypted = vol.target.as_ref().is_some_and(|t| t.encryption.is_some());
             let format = vol.format().unwrap_or("raw");
-            if pool.pool_type != PoolType::Logical && !matches!(format, "raw" | "iso") {
-                fsvol::recreate(self.runner.as_ref(), &path, &vol).await?;
+            let recreate =
+                pool.pool_type != PoolType::Logical && (encrypted || !matches!(format, "raw" | "iso"));
+            // The passphrase is read before anything is overwritten: a volume that could not
+            // be re-encrypted is left as it was.
+            let key = if recreate {
+                self.luks_key(&vol).await?
+            } else {
+                None
+            };
+            wipe::wipe(&path, alg).await?;
+            if recreate {
+                let (key_file, key) = key.unzip();
+                fsvol::recreate(self.runner.as_ref(), &path, &vol, key).await?;
+                drop(key_file);
             }
             Ok(())
         }
@@ -1702,6 +1842,12 @@ impl StorageDriver {
             }
             if wanted == 0 {
                 return Err(StorageError::invalid_arg("A volume cannot be resized to 0 bytes"));
+            }
+            if vol.target.as_ref().is_some_and(|t| t.encryption.is_some()) {
+                return Err(StorageError::unsupported(format!(
+                    "Resizing encrypted volume '{}' is not supported: create a larger encrypted volume and copy the data from a guest",
+                    vol.name
+                )));
             }
             match pool.pool_type {
                 PoolType::Logical => {
@@ -1802,7 +1948,7 @@ impl StorageDriver {
         let path = self.vol_path(&pool_def, name);
         let probed = match pool_def.pool_type {
             PoolType::Logical => lvm::probe(self.runner.as_ref(), &pool_def, name).await,
-            _ => fsvol::probe(self.runner.as_ref(), &path, name, vol.format()).await,
+            _ => fsvol::probe(self.runner.as_ref(), &path, name, probe_format(&vol)).await,
         };
         if let Ok(Some(def)) = probed
             && let Some(v) = self.lock().pools.get_mut(pool).and_then(|p| p.vols.get_mut(name))

@@ -1,15 +1,15 @@
 //! File volumes (dir and fs pools): probing a file into a volume definition, creating with
-//! `qemu-img` so that a failure leaves nothing behind, cloning, resizing and wiping.
+//! `qemu-img` so that a failure leaves nothing behind, cloning, resizing, and recreating an image after a wipe.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 use rvirt_conf::storage::Empty;
 use rvirt_conf::storage::{
-    BackingStore, Permissions, ScaledXml, Timestamps, TypeAttr, VolDef, VolFeatures, VolTarget, VolType,
+    BackingStore, Encryption, Permissions, ScaledXml, Timestamps, TypeAttr, VolDef, VolFeatures, VolTarget,
+    VolType,
 };
 use rvirt_proto::v1::ErrorCode;
 
@@ -220,6 +220,17 @@ pub async fn probe(
     if let Some(known) = known_format {
         format = known.to_owned();
     }
+    // A LUKS image is a raw volume with `<encryption format='luks'>`, as libvirt reports it.
+    let mut encryption = None;
+    if format == "luks" {
+        format = "raw".into();
+        encryption = Some("luks");
+    } else if format == "qcow2" && image.as_ref().is_some_and(|i| i.encrypted) {
+        encryption = Some(match image.as_ref().and_then(|i| i.encrypt_format.as_deref()) {
+            Some("aes") => "qcow",
+            _ => "luks",
+        });
+    }
     let capacity = image.as_ref().map_or(meta.len(), |i| i.virtual_size);
     let mut target = VolTarget {
         path: Some(path.display().to_string()),
@@ -237,6 +248,13 @@ pub async fn probe(
             mtime: Some(timestamp(meta.mtime(), meta.mtime_nsec())),
             ctime: Some(timestamp(meta.ctime(), meta.ctime_nsec())),
             btime: None,
+        }),
+        encryption: encryption.map(|format| Encryption {
+            format: format.to_owned(),
+            engine: None,
+            secret: Vec::new(),
+            cipher: None,
+            ivgen: None,
         }),
         ..VolTarget::default()
     };
@@ -327,49 +345,15 @@ pub async fn resize(
     }
 }
 
-/// Overwrites a file with zeros, as libvirt's `zero` algorithm: a sparse file is truncated
-/// and re-extended (it reads as zeros and stays sparse), any other file is written over.
-pub async fn wipe_zero(path: &Path) -> Result<()> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || -> Result<()> {
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(|e| StorageError::io(format!("Cannot open {}", path.display()), &e))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| StorageError::io(format!("Cannot stat {}", path.display()), &e))?;
-        let size = meta.len();
-        if meta.blocks() * 512 < size {
-            file.set_len(0)
-                .and_then(|()| file.set_len(size))
-                .map_err(|e| StorageError::io(format!("Cannot wipe {}", path.display()), &e))?;
-        } else {
-            let zeros = vec![0u8; 1 << 20];
-            let mut writer = std::io::BufWriter::with_capacity(1 << 20, &file);
-            let mut left = size;
-            while left > 0 {
-                let n = left.min(zeros.len() as u64) as usize;
-                writer
-                    .write_all(&zeros[..n])
-                    .map_err(|e| StorageError::io(format!("Cannot wipe {}", path.display()), &e))?;
-                left -= n as u64;
-            }
-            writer
-                .flush()
-                .map_err(|e| StorageError::io(format!("Cannot wipe {}", path.display()), &e))?;
-        }
-        file.sync_data()
-            .map_err(|e| StorageError::io(format!("Cannot sync {}", path.display()), &e))
-    })
-    .await
-    .map_err(|e| StorageError::internal(format!("Wipe task failed: {e}")))?
-}
-
 /// Recreates an empty image of `format` and `capacity` over an existing file (after a wipe of
-/// a non-raw volume, so that it stays a valid image of its format).
-pub async fn recreate(runner: &dyn CommandRunner, path: &Path, vol: &VolDef) -> Result<()> {
-    let mut image = ImageOptions::from_vol(vol, false, None);
+/// a non-raw or encrypted volume, so that it stays a valid image of its format; `key` re-encrypts it).
+pub async fn recreate(
+    runner: &dyn CommandRunner,
+    path: &Path,
+    vol: &VolDef,
+    key: Option<qemu_img::LuksKey>,
+) -> Result<()> {
+    let mut image = ImageOptions::from_vol(vol, false, key);
     image.preallocation = None;
     let args: Vec<OsString> = qemu_img::create_args(path, &image)
         .map_err(|e| StorageError::failed(format!("Cannot recreate volume '{}': {e}", vol.name)))?;

@@ -8,9 +8,10 @@
 //! - [`service`]: the gRPC adapters;
 //! - [`backend`]: what build/start/stop/delete mean for dir, fs and logical pools;
 //! - [`fsvol`]: file volumes (create with `qemu-img` leaving nothing behind on failure, probe,
-//!   resize, wipe); [`lvm`]: logical volumes;
+//!   resize); [`wipe`]: libvirt's wipe algorithms, natively; [`lvm`]: logical volumes;
 //! - [`qemu_img`]: pure `qemu-img` command construction and `qemu-img info` parsing;
 //! - [`stream`]: sparse-aware upload and download;
+//! - [`secrets`]: passphrases of encrypted volumes from virtsecretd, and their key files;
 //! - [`names`]: volume name rules; [`command`]: the seam for running host tools;
 //!   [`error`]: the error type and its gRPC mapping.
 
@@ -22,8 +23,10 @@ pub mod fsvol;
 pub mod lvm;
 pub mod names;
 pub mod qemu_img;
+pub mod secrets;
 pub mod service;
 pub mod stream;
+pub mod wipe;
 
 use std::sync::Arc;
 
@@ -110,7 +113,11 @@ pub async fn init(ctx: Arc<DaemonContext>) -> Result<StorageDaemon, String> {
     for dir in [&paths.config_dir, &paths.state_dir] {
         std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     }
-    let driver = StorageDriver::new(paths, Arc::new(HostRunner));
+    let driver = StorageDriver::with_secrets(
+        paths,
+        Arc::new(HostRunner),
+        Arc::new(secrets::VirtSecretd::new(ctx.mode)),
+    );
     driver.load().await;
     Ok(StorageDaemon { ctx, driver })
 }

@@ -46,6 +46,46 @@ pub struct LuksKey {
     pub alias: String,
     /// The file holding the passphrase.
     pub file: PathBuf,
+    /// LUKS creation options from `<cipher>` and `<ivgen>` ([`luks_options`]).
+    pub options: Vec<(&'static str, String)>,
+}
+
+/// QEMU's LUKS creation options for `<cipher name size mode hash>` and `<ivgen name hash>`
+/// (`cipher-alg=<name>-<size>`, `cipher-mode`, `hash-alg`, `ivgen-alg`, `ivgen-hash-alg`).
+pub fn luks_options(
+    enc: &rvirt_conf::storage::Encryption,
+) -> Result<Vec<(&'static str, String)>, QemuImgError> {
+    let word = |what: &str, v: &str| -> Result<String, QemuImgError> {
+        if !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            Ok(v.to_ascii_lowercase())
+        } else {
+            Err(QemuImgError(format!("invalid encryption {what} '{v}'")))
+        }
+    };
+    let mut opts = Vec::new();
+    if let Some(c) = &enc.cipher {
+        let size: u32 = c
+            .size
+            .parse()
+            .map_err(|_| QemuImgError(format!("invalid cipher size '{}'", c.size)))?;
+        opts.push(("cipher-alg", format!("{}-{size}", word("cipher name", &c.name)?)));
+        if let Some(mode) = &c.mode {
+            opts.push(("cipher-mode", word("cipher mode", mode)?));
+        }
+        if let Some(hash) = &c.hash {
+            opts.push(("hash-alg", word("cipher hash", hash)?));
+        }
+    }
+    if let Some(iv) = &enc.ivgen {
+        opts.push(("ivgen-alg", word("ivgen name", &iv.name)?));
+        if let Some(hash) = &iv.hash {
+            opts.push(("ivgen-hash-alg", word("ivgen hash", hash)?));
+        }
+    }
+    Ok(opts)
 }
 
 /// The backing image of a new image.
@@ -181,11 +221,15 @@ impl ImageOptions {
             opts.push(format!("backing_fmt={}", backing.format));
         }
         if let Some(key) = &self.encryption {
-            if self.is_qcow2() {
+            let prefix = if self.is_qcow2() {
                 opts.push("encrypt.format=luks".into());
-                opts.push(format!("encrypt.key-secret={}", key.alias));
+                "encrypt."
             } else {
-                opts.push(format!("key-secret={}", key.alias));
+                ""
+            };
+            opts.push(format!("{prefix}key-secret={}", key.alias));
+            for (name, value) in &key.options {
+                opts.push(format!("{prefix}{name}={value}"));
             }
         }
         if let Some(prealloc) = self.preallocation {
@@ -337,6 +381,10 @@ pub struct ImageInfo {
     pub lazy_refcounts: Option<bool>,
     /// qcow2 extended L2.
     pub extended_l2: Option<bool>,
+    /// Whether the image is encrypted.
+    pub encrypted: bool,
+    /// The encryption format inside a qcow2 image (`luks`, `aes`).
+    pub encrypt_format: Option<String>,
 }
 
 fn image_info(v: &Value) -> Result<ImageInfo, QemuImgError> {
@@ -361,6 +409,12 @@ fn image_info(v: &Value) -> Result<ImageInfo, QemuImgError> {
             .and_then(|d| d.get("lazy-refcounts"))
             .and_then(Value::as_bool),
         extended_l2: data.and_then(|d| d.get("extended-l2")).and_then(Value::as_bool),
+        encrypted: v.get("encrypted").and_then(Value::as_bool).unwrap_or(false),
+        encrypt_format: data
+            .and_then(|d| d.get("encrypt"))
+            .and_then(|e| e.get("format"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
     })
 }
 
@@ -492,6 +546,7 @@ mod tests {
         let v = vol("<volume><name>v</name><capacity>1024</capacity></volume>");
         let key = LuksKey {
             alias: "v_encrypt0".into(),
+            options: Vec::new(),
             file: PathBuf::from("/run/a,b"),
         };
         let args = strings(
@@ -503,6 +558,69 @@ mod tests {
             "{args:?}"
         );
         assert!(args.contains(&"key-secret=v_encrypt0".to_owned()), "{args:?}");
+    }
+
+    #[test]
+    fn qcow2_luks_options_carry_the_encrypt_prefix_and_cipher() {
+        let v = vol(
+            "<volume><name>v</name><capacity>1048576</capacity><target><format type='qcow2'/>\
+             <encryption format='luks'><secret type='passphrase' uuid='f52a81b2-424e-490c-823d-6bd4235bc572'/>\
+             <cipher name='aes' size='256' mode='xts' hash='sha256'/><ivgen name='plain64' hash='sha256'/>\
+             </encryption></target></volume>",
+        );
+        let enc = v
+            .target
+            .as_ref()
+            .and_then(|t| t.encryption.clone())
+            .expect("encryption");
+        let key = LuksKey {
+            alias: "sec0".into(),
+            file: PathBuf::from("/k"),
+            options: luks_options(&enc).expect("options"),
+        };
+        let args = strings(
+            create_args(Path::new("/p/v"), &ImageOptions::from_vol(&v, false, Some(key))).expect("args"),
+        );
+        assert_eq!(args[2], "qcow2");
+        let o = args.iter().position(|a| a == "-o").expect("-o");
+        assert_eq!(
+            args[o + 1],
+            "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.cipher-alg=aes-256,encrypt.cipher-mode=xts,\
+             encrypt.hash-alg=sha256,encrypt.ivgen-alg=plain64,encrypt.ivgen-hash-alg=sha256,compat=1.1"
+        );
+    }
+
+    #[test]
+    fn luks_options_refuse_what_could_inject_options() {
+        let mut enc = rvirt_conf::storage::Encryption {
+            format: "luks".into(),
+            engine: None,
+            secret: Vec::new(),
+            cipher: Some(rvirt_conf::storage::Cipher {
+                name: "aes,key-secret=x".into(),
+                size: "256".into(),
+                mode: None,
+                hash: None,
+            }),
+            ivgen: None,
+        };
+        assert!(luks_options(&enc).is_err());
+        if let Some(c) = enc.cipher.as_mut() {
+            c.name = "aes".into();
+            c.size = "big".into();
+        }
+        assert!(luks_options(&enc).is_err());
+    }
+
+    #[test]
+    fn qcow2_encryption_is_read_from_info() {
+        let info = parse_info(
+            br#"{"filename":"/p/v","format":"qcow2","virtual-size":1048576,"encrypted":true,
+               "format-specific":{"type":"qcow2","data":{"compat":"1.1","encrypt":{"format":"luks","cipher-alg":"aes-256"}}}}"#,
+        )
+        .expect("parse");
+        assert!(info[0].encrypted);
+        assert_eq!(info[0].encrypt_format.as_deref(), Some("luks"));
     }
 
     #[test]

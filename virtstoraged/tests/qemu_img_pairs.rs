@@ -178,6 +178,7 @@ fn check_pair(pair: &Pair) {
         .map(|_| LuksKey {
             alias: format!("{}_encrypt0", def.name),
             file: secret.clone(),
+            options: Vec::new(),
         });
     let options = ImageOptions::from_vol(&def, pair.prealloc_metadata, encryption);
 
