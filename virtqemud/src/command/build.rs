@@ -130,6 +130,18 @@ impl<'a> Build<'a> {
     }
 
     /// `/domain/devices/disk[2] (alias)`: where device `index` of the list is, for messages.
+    /// The devices `pick` selects, with their index in the device list; cloned, so that the
+    /// builder can be borrowed mutably while it emits them.
+    fn devices_of<T: Clone>(&self, pick: impl Fn(&Device) -> Option<&T>) -> Vec<(usize, T)> {
+        self.def
+            .devices
+            .list
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| pick(d).map(|x| (i, x.clone())))
+            .collect()
+    }
+
     fn where_(&self, index: usize) -> String {
         let Some(device) = self.def.devices.list.get(index) else {
             return "/domain/devices".into();
@@ -622,17 +634,10 @@ impl<'a> Build<'a> {
             ControllerType::Sata,
         ];
         for kind in order {
-            let mut list: Vec<(usize, rvirt_conf::domain::Controller)> = self
-                .def
-                .devices
-                .list
-                .iter()
-                .enumerate()
-                .filter_map(|(i, d)| match d {
-                    Device::Controller(c) if c.kind() == kind => Some((i, c.clone())),
-                    _ => None,
-                })
-                .collect();
+            let mut list: Vec<(usize, rvirt_conf::domain::Controller)> = self.devices_of(|d| match d {
+                Device::Controller(c) if c.kind() == kind => Some(c),
+                _ => None,
+            });
             list.sort_by_key(|(_, c)| c.index);
             for (i, c) in list {
                 self.controller(i, &c)?;
@@ -733,17 +738,10 @@ impl<'a> Build<'a> {
     }
 
     fn disks(&mut self) -> R {
-        let disks: Vec<(usize, Disk)> = self
-            .def
-            .devices
-            .list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| match d {
-                Device::Disk(disk) => Some((i, disk.clone())),
-                _ => None,
-            })
-            .collect();
+        let disks: Vec<(usize, Disk)> = self.devices_of(|d| match d {
+            Device::Disk(disk) => Some(disk),
+            _ => None,
+        });
         let total = disks.len();
         for (n, (i, disk)) in disks.into_iter().enumerate() {
             self.disk(i, total - n, &disk)?;
@@ -966,17 +964,10 @@ impl<'a> Build<'a> {
     }
 
     fn interfaces(&mut self) -> R {
-        let nets: Vec<(usize, rvirt_conf::domain::Interface)> = self
-            .def
-            .devices
-            .list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| match d {
-                Device::Interface(n) => Some((i, n.clone())),
-                _ => None,
-            })
-            .collect();
+        let nets: Vec<(usize, rvirt_conf::domain::Interface)> = self.devices_of(|d| match d {
+            Device::Interface(n) => Some(n),
+            _ => None,
+        });
         for (k, (i, net)) in nets.into_iter().enumerate() {
             let what = self.where_(i);
             let alias = net.info.alias.clone().unwrap_or_else(|| format!("net{k}"));
@@ -1084,17 +1075,10 @@ impl<'a> Build<'a> {
     }
 
     fn serials(&mut self) -> R {
-        let serials: Vec<(usize, rvirt_conf::domain::Chardev)> = self
-            .def
-            .devices
-            .list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| match d {
-                Device::Serial(c) => Some((i, c.clone())),
-                _ => None,
-            })
-            .collect();
+        let serials: Vec<(usize, rvirt_conf::domain::Chardev)> = self.devices_of(|d| match d {
+            Device::Serial(c) => Some(c),
+            _ => None,
+        });
         for (k, (i, s)) in serials.into_iter().enumerate() {
             let what = self.where_(i);
             let alias = s.info.alias.clone().unwrap_or_else(|| format!("serial{k}"));
@@ -1114,17 +1098,10 @@ impl<'a> Build<'a> {
     }
 
     fn inputs(&mut self) -> R {
-        let inputs: Vec<(usize, rvirt_conf::domain::Input)> = self
-            .def
-            .devices
-            .list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| match d {
-                Device::Input(x) => Some((i, x.clone())),
-                _ => None,
-            })
-            .collect();
+        let inputs: Vec<(usize, rvirt_conf::domain::Input)> = self.devices_of(|d| match d {
+            Device::Input(x) => Some(x),
+            _ => None,
+        });
         for (k, (i, input)) in inputs.into_iter().enumerate() {
             let what = self.where_(i);
             let alias = input.info.alias.clone().unwrap_or_else(|| format!("input{k}"));
@@ -1269,17 +1246,10 @@ impl<'a> Build<'a> {
     }
 
     fn videos(&mut self) -> R {
-        let videos: Vec<(usize, rvirt_conf::domain::Video)> = self
-            .def
-            .devices
-            .list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| match d {
-                Device::Video(v) => Some((i, v.clone())),
-                _ => None,
-            })
-            .collect();
+        let videos: Vec<(usize, rvirt_conf::domain::Video)> = self.devices_of(|d| match d {
+            Device::Video(v) => Some(v),
+            _ => None,
+        });
         for (k, (i, v)) in videos.into_iter().enumerate() {
             let what = self.where_(i);
             let primary = k == 0;
@@ -1337,17 +1307,10 @@ impl<'a> Build<'a> {
     }
 
     fn watchdogs(&mut self) -> R {
-        let dogs: Vec<(usize, rvirt_conf::domain::Watchdog)> = self
-            .def
-            .devices
-            .list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| match d {
-                Device::Watchdog(w) => Some((i, w.clone())),
-                _ => None,
-            })
-            .collect();
+        let dogs: Vec<(usize, rvirt_conf::domain::Watchdog)> = self.devices_of(|d| match d {
+            Device::Watchdog(w) => Some(w),
+            _ => None,
+        });
         let mut action: Option<WatchdogAction> = None;
         for (i, w) in dogs {
             let what = self.where_(i);
@@ -1421,17 +1384,10 @@ impl<'a> Build<'a> {
     }
 
     fn rngs(&mut self) -> R {
-        let rngs: Vec<(usize, rvirt_conf::domain::Rng)> = self
-            .def
-            .devices
-            .list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| match d {
-                Device::Rng(r) => Some((i, r.clone())),
-                _ => None,
-            })
-            .collect();
+        let rngs: Vec<(usize, rvirt_conf::domain::Rng)> = self.devices_of(|d| match d {
+            Device::Rng(r) => Some(r),
+            _ => None,
+        });
         for (k, (i, r)) in rngs.into_iter().enumerate() {
             let what = self.where_(i);
             let alias = r.info.alias.clone().unwrap_or_else(|| format!("rng{k}"));
