@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use rvirt_e2e::guest::{self, SerialKind, Transcript};
+use rvirt_e2e::qemu::{Reaper, qemu_present};
 use rvirt_e2e::{DaemonProcess, TestRoot, channel};
 use rvirt_proto::v1::domain_lifecycle_event::Detail;
 use rvirt_proto::v1::domain_service_client::DomainServiceClient;
@@ -15,40 +16,10 @@ use tokio_stream::StreamExt as _;
 
 const DEADLINE: Duration = Duration::from_secs(60);
 
-fn qemu_present() -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
-        .unwrap_or(false);
-    if !found {
-        eprintln!("skipped: qemu-system-x86_64 is not installed");
-    }
-    found
-}
-
 fn by_name(name: &str) -> Option<DomainRef> {
     Some(DomainRef {
         key: Some(domain_ref::Key::Name(name.to_owned())),
     })
-}
-
-/// Kills a QEMU the test left running (by its status file) when dropped.
-struct Reaper(std::path::PathBuf);
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let Ok(text) = std::fs::read_to_string(&self.0) else {
-            return;
-        };
-        let pid = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("pid").and_then(|p| p.as_i64()));
-        if let Some(pid) = pid {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
 }
 
 #[tokio::test]
@@ -57,7 +28,7 @@ async fn a_guest_runs_with_events_and_console_through_the_proxy() {
         return;
     }
     let root = TestRoot::new();
-    let _reaper = Reaper(root.run_dir().join("qemu/proxied.status"));
+    let _reaper = Reaper::new(&root);
     let _qemu = DaemonProcess::start("virtqemud", &root).await;
     let _proxy = DaemonProcess::start("virtproxyd", &root).await;
     // No rvirt-uri: the proxy routes to qemu:///system, i.e. virtqemud.

@@ -5,10 +5,11 @@
 //! under TCG (fast for a boot sector here); one test runs under KVM when `/dev/kvm` works. A
 //! [`Reaper`] kills every QEMU a test's daemon left running, whatever happened to the test.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use rvirt_e2e::guest::{self, SerialKind, Transcript};
+use rvirt_e2e::qemu::{Reaper, qemu_present, status_pid};
 use rvirt_e2e::{DaemonProcess, TestRoot, channel};
 use rvirt_proto::v1::domain_lifecycle_event::Detail;
 use rvirt_proto::v1::domain_service_client::DomainServiceClient;
@@ -18,50 +19,6 @@ use tokio_stream::StreamExt as _;
 use tonic::transport::Channel;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn qemu_present() -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
-        .unwrap_or(false);
-    if !found {
-        eprintln!("skipped: qemu-system-x86_64 is not installed");
-    }
-    found
-}
-
-/// Kills the QEMU of every status file under the test's root when dropped.
-struct Reaper {
-    state_dir: PathBuf,
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(&self.state_dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("status") {
-                continue;
-            }
-            if let Some(pid) = status_pid(&path) {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains("qemu") {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
-    }
-}
-
-fn status_pid(path: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value.get("pid")?.as_u64().and_then(|p| u32::try_from(p).ok())
-}
 
 /// Fields drop in order: the reaper first (it reads the status files under the root), then
 /// the daemon, then the root directory.
@@ -75,9 +32,7 @@ struct Env {
 impl Env {
     async fn new() -> Env {
         let root = TestRoot::new();
-        let reaper = Reaper {
-            state_dir: root.run_dir().join("qemu"),
-        };
+        let reaper = Reaper::new(&root);
         let daemon = DaemonProcess::start("virtqemud", &root).await;
         let client = DomainServiceClient::new(channel(&root.socket("virtqemud-sock")).await);
         Env {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use rvirt_e2e::guest::{self, SerialKind, Transcript};
+use rvirt_e2e::qemu::{Reaper, qemu_present, status_pid};
 use rvirt_e2e::{DaemonOptions, DaemonProcess, TestRoot, channel};
 use rvirt_proto::v1::domain_service_client::DomainServiceClient;
 use rvirt_proto::v1::network_service_client::NetworkServiceClient;
@@ -29,47 +30,6 @@ const NET: &str = "qnet";
 const BRIDGE: &str = "rvqbr0";
 const GUEST_MAC: &str = "52:54:00:5e:11:22";
 const TAP_MAC: &str = "fe:54:00:5e:11:22";
-
-fn qemu_present() -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join("qemu-system-x86_64").is_file()))
-        .unwrap_or(false);
-    if !found {
-        eprintln!("skipped: qemu-system-x86_64 is not installed");
-    }
-    found
-}
-
-/// Kills the QEMU of every status file under the test's root when dropped.
-struct Reaper {
-    state_dir: PathBuf,
-}
-
-impl Drop for Reaper {
-    fn drop(&mut self) {
-        let Ok(entries) = std::fs::read_dir(&self.state_dir) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("status") {
-                continue;
-            }
-            if let Some(pid) = status_pid(&path) {
-                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                if String::from_utf8_lossy(&cmdline).contains("qemu") {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-                }
-            }
-        }
-    }
-}
-
-fn status_pid(path: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    value.get("pid")?.as_u64().and_then(|p| u32::try_from(p).ok())
-}
 
 fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program)
@@ -228,9 +188,7 @@ impl Env {
             std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755))
                 .expect("chmod root");
         }
-        let reaper = Reaper {
-            state_dir: root.run_dir().join("qemu"),
-        };
+        let reaper = Reaper::new(&root);
         let options = || DaemonOptions {
             netns: netns.map(|n| n.name.clone()),
             ..Default::default()
