@@ -8,11 +8,11 @@
 //! `<config>/autostart/`), written atomically; an active pool has `<state>/<name>.xml` with its
 //! live XML, from which a restarted daemon recovers it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use rvirt_conf::storage::{Encryption, PoolDef, PoolType, VolDef, VolParseOptions};
+use rvirt_conf::storage::{Encryption, EncryptionSecret, PoolDef, PoolType, VolDef, VolParseOptions};
 use rvirt_daemon::atomic::{remove_durable, write_atomic};
 use rvirt_daemon::events::EventLog;
 use rvirt_proto::v1::{
@@ -544,6 +544,23 @@ fn keep_encryption(fresh: &mut VolDef, old: &VolDef) {
     }
 }
 
+/// `<secret type='passphrase' uuid='…'/>`.
+fn default_secret(uuid: String) -> EncryptionSecret {
+    EncryptionSecret {
+        r#type: "passphrase".into(),
+        uuid: Some(uuid),
+        usage: None,
+    }
+}
+
+/// Whether `vol` is encrypted with no passphrase secret named.
+fn lacks_secret(vol: &VolDef) -> bool {
+    vol.target
+        .as_ref()
+        .and_then(|t| t.encryption.as_ref())
+        .is_some_and(|e| e.secret.is_empty())
+}
+
 fn config_file(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.xml"))
 }
@@ -587,16 +604,29 @@ impl StorageDriver {
                 format!("Cannot encrypt volume '{}': {e}", vol.name),
             )
         })?;
-        let secret = enc.secret.first().ok_or_else(|| {
-            StorageError::new(
-                ErrorCode::ConfigUnsupported,
-                format!(
-                    "Volume '{}' is encrypted but its passphrase secret is not known (volumes found by a refresh do not carry it): \
-                     it cannot be re-encrypted",
-                    vol.name
-                ),
-            )
-        })?;
+        let found;
+        let secret = if let Some(secret) = enc.secret.first() {
+            secret
+        } else {
+            // A volume found on disk: its secret is the one whose usage is its path.
+            let path = vol
+                .target
+                .as_ref()
+                .and_then(|t| t.path.as_deref())
+                .unwrap_or_default();
+            let uuid = self.secrets.volume_secret(path).await.ok_or_else(|| {
+                StorageError::new(
+                    ErrorCode::NoSecret,
+                    format!(
+                        "Volume '{}' is encrypted but its passphrase secret is not known: define a secret with \
+                         <usage type='volume'><volume>{path}</volume></usage> holding its passphrase",
+                        vol.name
+                    ),
+                )
+            })?;
+            found = default_secret(uuid);
+            &found
+        };
         let value = self.secrets.passphrase(secret).await?;
         let file = KeyFile::write(&self.key_dir(), &value)?;
         let key = LuksKey {
@@ -605,6 +635,25 @@ impl StorageDriver {
             options,
         };
         Ok(Some((file, key)))
+    }
+
+    /// Names the passphrase secret of every encrypted volume in `vols` that has none and that
+    /// `known` (the volumes as they were before a refresh) cannot supply: the secret whose usage
+    /// is the volume's path, as libvirt does after a refresh or a restart.
+    async fn load_default_secrets(&self, vols: &mut [VolDef], known: &BTreeSet<String>) {
+        for vol in vols
+            .iter_mut()
+            .filter(|v| lacks_secret(v) && !known.contains(&v.name))
+        {
+            let Some(path) = vol.target.as_ref().and_then(|t| t.path.clone()) else {
+                continue;
+            };
+            if let Some(uuid) = self.secrets.volume_secret(&path).await
+                && let Some(enc) = vol.target.as_mut().and_then(|t| t.encryption.as_mut())
+            {
+                enc.secret.push(default_secret(uuid));
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -1172,12 +1221,18 @@ impl StorageDriver {
 
     /// Scans an active pool's volumes and sizes, keeping volumes being built.
     async fn refresh_pool(&self, name: &str) -> Result<()> {
-        let (def, known) = {
+        let (def, known, with_secret) = {
             let state = self.lock();
             let p = state
                 .pools
                 .get(name)
                 .ok_or_else(|| StorageError::no_pool(format!("'{name}'")))?;
+            let with_secret: BTreeSet<String> = p
+                .vols
+                .iter()
+                .filter(|(_, v)| !lacks_secret(&v.def))
+                .map(|(n, _)| n.clone())
+                .collect();
             let known: BTreeMap<String, Option<String>> = p
                 .vols
                 .iter()
@@ -1192,12 +1247,13 @@ impl StorageDriver {
                     )
                 })
                 .collect();
-            (p.def.clone(), known)
+            (p.def.clone(), known, with_secret)
         };
-        let (sizes, vols) = match def.pool_type {
+        let (sizes, mut vols) = match def.pool_type {
             PoolType::Logical => lvm::refresh(self.runner.as_ref(), &def).await?,
             _ => self.scan_dir(&def, &known).await?,
         };
+        self.load_default_secrets(&mut vols, &with_secret).await;
         let mut state = self.lock();
         if let Some(p) = state.pools.get_mut(name) {
             p.sizes = sizes;
@@ -1843,11 +1899,32 @@ impl StorageDriver {
             if wanted == 0 {
                 return Err(StorageError::invalid_arg("A volume cannot be resized to 0 bytes"));
             }
-            if vol.target.as_ref().is_some_and(|t| t.encryption.is_some()) {
-                return Err(StorageError::unsupported(format!(
-                    "Resizing encrypted volume '{}' is not supported: create a larger encrypted volume and copy the data from a guest",
-                    vol.name
-                )));
+            if let Some(enc) = vol.target.as_ref().and_then(|t| t.encryption.as_ref()) {
+                if enc.format != "luks" {
+                    return Err(StorageError::unsupported(format!(
+                        "Cannot resize volume '{}': resizing an image with '{}' encryption is not supported (only LUKS)",
+                        vol.name, enc.format
+                    )));
+                }
+                if flags & flags::RESIZE_ALLOCATE != 0 {
+                    return Err(StorageError::unsupported(format!(
+                        "Cannot resize encrypted volume '{}' with ALLOCATE: preallocation is only supported for an unencrypted raw volume",
+                        vol.name
+                    )));
+                }
+                let (_key_file, key) = self.luks_key(&vol).await?.ok_or_else(|| {
+                    StorageError::internal(format!("Volume '{}' lost its encryption", vol.name))
+                })?;
+                let path = self.vol_path(&pool, &vol.name);
+                let format = vol.format().unwrap_or("raw");
+                return self
+                    .runner
+                    .run(
+                        "qemu-img",
+                        &crate::qemu_img::resize_encrypted_args(&path, format, &key, wanted, wanted < current),
+                    )
+                    .await
+                    .map(|_| ());
             }
             match pool.pool_type {
                 PoolType::Logical => {
@@ -1950,9 +2027,10 @@ impl StorageDriver {
             PoolType::Logical => lvm::probe(self.runner.as_ref(), &pool_def, name).await,
             _ => fsvol::probe(self.runner.as_ref(), &path, name, probe_format(&vol)).await,
         };
-        if let Ok(Some(def)) = probed
+        if let Ok(Some(mut def)) = probed
             && let Some(v) = self.lock().pools.get_mut(pool).and_then(|p| p.vols.get_mut(name))
         {
+            keep_encryption(&mut def, &v.def);
             v.def = def;
         }
     }

@@ -339,6 +339,35 @@ pub fn resize_args(path: &Path, format: &str, capacity: u64, shrink: bool) -> Ve
     args
 }
 
+/// `qemu-img resize` arguments for an encrypted image: the passphrase as a secret object read
+/// from `key`'s file, the image opened with `--image-opts` (`driver=luks` for a raw LUKS volume,
+/// `driver=qcow2` with `encrypt.key-secret` for an encrypted qcow2), so that the size is the
+/// payload's, as libvirt resizes encrypted volumes.
+pub fn resize_encrypted_args(
+    path: &Path,
+    format: &str,
+    key: &LuksKey,
+    capacity: u64,
+    shrink: bool,
+) -> Vec<OsString> {
+    let mut object = OsString::from(format!("secret,id={},file=", key.alias));
+    object.push(escape_commas(key.file.as_os_str()));
+    let mut args: Vec<OsString> = vec!["resize".into(), "--object".into(), object];
+    if shrink {
+        args.push("--shrink".into());
+    }
+    let mut image = OsString::from(if format == "qcow2" {
+        format!("driver=qcow2,encrypt.key-secret={},file.filename=", key.alias)
+    } else {
+        format!("driver=luks,key-secret={},file.filename=", key.alias)
+    });
+    image.push(escape_commas(path.as_os_str()));
+    args.push("--image-opts".into());
+    args.push(image);
+    args.push(capacity.div_ceil(512).saturating_mul(512).to_string().into());
+    args
+}
+
 /// `qemu-img info` arguments: JSON, the whole backing chain, without taking the image lock (a
 /// running VM may hold it); `format` skips probing when the format is known.
 pub fn info_args(path: &Path, format: Option<&str>) -> Vec<OsString> {
@@ -621,6 +650,50 @@ mod tests {
         .expect("parse");
         assert!(info[0].encrypted);
         assert_eq!(info[0].encrypt_format.as_deref(), Some("luks"));
+    }
+
+    #[test]
+    fn encrypted_resize_opens_the_image_with_its_secret() {
+        let key = LuksKey {
+            alias: "sec0".into(),
+            file: PathBuf::from("/keys/a,b.key"),
+            options: Vec::new(),
+        };
+        assert_eq!(
+            strings(resize_encrypted_args(
+                Path::new("/p/v,1"),
+                "raw",
+                &key,
+                1000,
+                false
+            )),
+            [
+                "resize",
+                "--object",
+                "secret,id=sec0,file=/keys/a,,b.key",
+                "--image-opts",
+                "driver=luks,key-secret=sec0,file.filename=/p/v,,1",
+                "1024"
+            ]
+        );
+        assert_eq!(
+            strings(resize_encrypted_args(
+                Path::new("/p/q"),
+                "qcow2",
+                &key,
+                4096,
+                true
+            )),
+            [
+                "resize",
+                "--object",
+                "secret,id=sec0,file=/keys/a,,b.key",
+                "--shrink",
+                "--image-opts",
+                "driver=qcow2,encrypt.key-secret=sec0,file.filename=/p/q",
+                "4096"
+            ]
+        );
     }
 
     #[test]

@@ -15,12 +15,14 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rvirt::connect::GrpcTransport;
 use rvirt::paths::{BaseDirs, DaemonPaths, Mode};
 use rvirt::{Connect, OpenOptions as ConnectOptions};
 use rvirt_conf::storage::EncryptionSecret;
 use rvirt_proto::v1::secret_service_client::SecretServiceClient;
 use rvirt_proto::v1::{
-    ErrorCode, GetSecretValueInternalRequest, SecretRef, SecretUsage, SecretUsageType, secret_ref,
+    ErrorCode, GetSecretValueInternalRequest, LookupSecretRequest, SecretRef, SecretUsage, SecretUsageType,
+    secret_ref,
 };
 use zeroize::Zeroizing;
 
@@ -36,6 +38,13 @@ const CALL_DEADLINE: Duration = Duration::from_secs(30);
 pub trait SecretSource: Send + Sync + std::fmt::Debug + 'static {
     /// The value of the passphrase secret `secret` names.
     async fn passphrase(&self, secret: &EncryptionSecret) -> Result<Zeroizing<Vec<u8>>>;
+
+    /// The UUID of the secret whose usage is the volume at `path` (`<usage type='volume'>
+    /// <volume>PATH</volume></usage>`), as libvirt finds the passphrase of an encrypted volume
+    /// that a refresh or a daemon restart found on disk. `None` when there is no such secret or
+    /// the secret daemon cannot be asked (the volume then stays without a known passphrase, as
+    /// in libvirt).
+    async fn volume_secret(&self, path: &str) -> Option<String>;
 }
 
 /// How the secret is named in messages: `with UUID …` or `for volume usage …`.
@@ -74,6 +83,40 @@ fn secret_error(secret: &EncryptionSecret, code: ErrorCode, detail: &str) -> Sto
     StorageError::new(code, message)
 }
 
+impl VirtSecretd {
+    /// A client of virtsecretd (direct mode) and the token of its internal path.
+    async fn client(
+        &self,
+    ) -> std::result::Result<(SecretServiceClient<GrpcTransport>, Zeroizing<String>), (ErrorCode, String)>
+    {
+        let base = BaseDirs::new(self.mode);
+        let paths = DaemonPaths::new(&base, self.mode, "virtsecretd", "virtsecretd", "secret");
+        let token_path = paths.driver_state_dir.join(TOKEN_FILE);
+        let token = Zeroizing::new(std::fs::read_to_string(&token_path).map_err(|e| {
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                ErrorCode::NoConnect
+            } else {
+                ErrorCode::AccessDenied
+            };
+            (code, format!("cannot read '{}': {e}", token_path.display()))
+        })?);
+        let uri = rvirt::uri::ConnectUri::parse(&format!("secret:///{}?mode=direct", self.mode.as_str()))
+            .map_err(|e| (ErrorCode::InternalError, e.message))?;
+        let conn = Connect::open_with(
+            uri,
+            ConnectOptions {
+                read_only: false,
+                deadline: CALL_DEADLINE,
+                autostart: true,
+            },
+        )
+        .await
+        .map_err(|e| (ErrorCode::NoConnect, e.message))?;
+        let transport = conn.transport(SERVICE).map_err(|e| (e.code, e.message))?;
+        Ok((SecretServiceClient::new(transport), token))
+    }
+}
+
 #[tonic::async_trait]
 impl SecretSource for VirtSecretd {
     async fn passphrase(&self, secret: &EncryptionSecret) -> Result<Zeroizing<Vec<u8>>> {
@@ -91,37 +134,11 @@ impl SecretSource for VirtSecretd {
                 ));
             }
         };
-        let base = BaseDirs::new(self.mode);
-        let paths = DaemonPaths::new(&base, self.mode, "virtsecretd", "virtsecretd", "secret");
-        let token_path = paths.driver_state_dir.join(TOKEN_FILE);
-        let token = Zeroizing::new(std::fs::read_to_string(&token_path).map_err(|e| {
-            let code = if e.kind() == std::io::ErrorKind::NotFound {
-                ErrorCode::NoConnect
-            } else {
-                ErrorCode::AccessDenied
-            };
-            secret_error(
-                secret,
-                code,
-                &format!("cannot read '{}': {e}", token_path.display()),
-            )
-        })?);
-        let uri = rvirt::uri::ConnectUri::parse(&format!("secret:///{}?mode=direct", self.mode.as_str()))
-            .map_err(|e| secret_error(secret, ErrorCode::InternalError, &e.message))?;
-        let conn = Connect::open_with(
-            uri,
-            ConnectOptions {
-                read_only: false,
-                deadline: CALL_DEADLINE,
-                autostart: true,
-            },
-        )
-        .await
-        .map_err(|e| secret_error(secret, ErrorCode::NoConnect, &e.message))?;
-        let transport = conn
-            .transport(SERVICE)
-            .map_err(|e| secret_error(secret, e.code, &e.message))?;
-        let reply = SecretServiceClient::new(transport)
+        let (mut client, token) = self
+            .client()
+            .await
+            .map_err(|(code, detail)| secret_error(secret, code, &detail))?;
+        let reply = client
             .get_secret_value_internal(GetSecretValueInternalRequest {
                 secret: Some(SecretRef { key: Some(key) }),
                 token: token.trim().to_owned(),
@@ -137,6 +154,35 @@ impl SecretSource for VirtSecretd {
         }
         Ok(value)
     }
+
+    async fn volume_secret(&self, path: &str) -> Option<String> {
+        let (mut client, _token) = match self.client().await {
+            Ok(c) => c,
+            Err((_, detail)) => {
+                tracing::warn!(volume = path, error = %detail, "cannot look up the secret of an encrypted volume");
+                return None;
+            }
+        };
+        let key = secret_ref::Key::Usage(SecretUsage {
+            usage_type: SecretUsageType::Volume as i32,
+            usage_id: path.to_owned(),
+        });
+        match client
+            .lookup_secret(LookupSecretRequest {
+                secret: Some(SecretRef { key: Some(key) }),
+            })
+            .await
+        {
+            Ok(reply) => reply.into_inner().secret.map(|s| s.uuid),
+            Err(status) => {
+                let e = rvirt::Error::from(status);
+                if e.code != ErrorCode::NoSecret {
+                    tracing::warn!(volume = path, error = %e.message, "cannot look up the secret of an encrypted volume");
+                }
+                None
+            }
+        }
+    }
 }
 
 /// Passphrases given up front (tests).
@@ -144,6 +190,8 @@ impl SecretSource for VirtSecretd {
 pub struct FixedSecrets {
     /// (UUID or usage, value).
     pub values: Vec<(String, Vec<u8>)>,
+    /// (volume path, UUID): the secrets whose usage is a volume.
+    pub volumes: Vec<(String, String)>,
 }
 
 #[tonic::async_trait]
@@ -155,6 +203,13 @@ impl SecretSource for FixedSecrets {
             .find(|(n, _)| Some(n) == name)
             .map(|(_, v)| Zeroizing::new(v.clone()))
             .ok_or_else(|| secret_error(secret, ErrorCode::NoSecret, ""))
+    }
+
+    async fn volume_secret(&self, path: &str) -> Option<String> {
+        self.volumes
+            .iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, uuid)| uuid.clone())
     }
 }
 

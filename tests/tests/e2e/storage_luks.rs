@@ -19,7 +19,7 @@ const PASSPHRASE: &str = "luks-e2e-passphrase";
 struct Env {
     root: TestRoot,
     _secretd: DaemonProcess,
-    _storaged: DaemonProcess,
+    storaged: DaemonProcess,
     pools: StoragePoolServiceClient<Channel>,
     vols: StorageVolServiceClient<Channel>,
     pool_dir: PathBuf,
@@ -97,7 +97,7 @@ async fn env() -> Env {
     Env {
         root,
         _secretd: secretd,
-        _storaged: storaged,
+        storaged,
         pools,
         vols,
         pool_dir,
@@ -322,4 +322,125 @@ async fn encryption_formats_other_than_luks_are_refused_as_unsupported() {
     );
     assert!(err.message().contains("'qcow'"), "{}", err.message());
     assert!(!env.pool_dir.join("old.qcow2").exists());
+}
+
+async fn resize(env: &mut Env, name: &str, capacity: u64, flags: u32) -> Result<(), tonic::Status> {
+    env.vols
+        .resize_storage_vol(ResizeStorageVolRequest {
+            vol: vol_ref(name),
+            capacity_bytes: capacity,
+            flags,
+        })
+        .await
+        .map(|_| ())
+}
+
+async fn capacity(env: &mut Env, name: &str) -> u64 {
+    env.vols
+        .get_storage_vol_info(GetStorageVolInfoRequest { vol: vol_ref(name) })
+        .await
+        .expect("volume info")
+        .into_inner()
+        .capacity_bytes
+}
+
+#[tokio::test]
+async fn encrypted_volumes_resize_their_payload_and_keep_their_passphrase() {
+    let mut env = env().await;
+    for (name, format) in [("enc.img", "raw"), ("enc.qcow2", "qcow2")] {
+        create(&mut env, encrypted_vol(name, format, "luks", SECRET))
+            .await
+            .expect("create the encrypted volume");
+        resize(&mut env, name, 32 << 20, 0).await.expect("grow");
+        assert_eq!(
+            capacity(&mut env, name).await,
+            32 << 20,
+            "{name}: the payload grew"
+        );
+        let driver = if format == "raw" { "luks" } else { "qcow2" };
+        assert!(opens_with(&env.pool_dir.join(name), driver, PASSPHRASE), "{name}");
+        let err = resize(&mut env, name, 64 << 20, 1 /* ALLOCATE */)
+            .await
+            .expect_err("preallocation of an encrypted volume");
+        assert_eq!(
+            from_status(&err).code(),
+            ErrorCode::OperationUnsupported,
+            "{}",
+            err.message()
+        );
+        assert_eq!(capacity(&mut env, name).await, 32 << 20, "{name}: unchanged");
+    }
+    assert!(key_files_left(&env.root).is_empty());
+}
+
+/// libvirt's rule after a restart: an encrypted volume found on disk gets the secret whose
+/// usage is its path; a volume whose secret names something else stays without one.
+#[tokio::test]
+async fn after_a_restart_an_encrypted_volume_finds_the_secret_named_by_its_path() {
+    const BY_PATH: &str = "3c2b1a09-8f7e-4d6c-9b5a-4f3e2d1c0b0a";
+    let mut env = env().await;
+    let path = env.pool_dir.join("mine.qcow2");
+    let mut secrets = SecretServiceClient::new(channel(&env.root.socket("virtsecretd-sock")).await);
+    secrets
+        .define_secret_xml(DefineSecretXmlRequest {
+            xml: format!(
+                "<secret ephemeral='no' private='yes'><uuid>{BY_PATH}</uuid>\
+                 <usage type='volume'><volume>{}</volume></usage></secret>",
+                path.display()
+            ),
+            flags: 0,
+        })
+        .await
+        .expect("define the secret of the volume's path");
+    secrets
+        .set_secret_value(SetSecretValueRequest {
+            secret: Some(SecretRef {
+                key: Some(secret_ref::Key::Uuid(BY_PATH.to_owned())),
+            }),
+            value: b"by-path-passphrase".to_vec(),
+        })
+        .await
+        .expect("set its value");
+    create(&mut env, encrypted_vol("mine.qcow2", "qcow2", "luks", BY_PATH))
+        .await
+        .expect("create the volume named by its path");
+    create(&mut env, encrypted_vol("other.qcow2", "qcow2", "luks", SECRET))
+        .await
+        .expect("create the volume whose secret names /luks");
+
+    env.storaged.signal(nix::sys::signal::Signal::SIGTERM);
+    env.storaged
+        .wait_exit(rvirt_e2e::DAEMON_DEADLINE)
+        .await
+        .expect("virtstoraged stops");
+    env.storaged = DaemonProcess::start("virtstoraged", &env.root).await;
+    let ch = channel(&env.root.socket("virtstoraged-sock")).await;
+    env.pools = StoragePoolServiceClient::new(ch.clone());
+    env.vols = StorageVolServiceClient::new(ch);
+
+    let xml = vol_xml(&mut env, "mine.qcow2").await;
+    assert!(xml.contains(BY_PATH), "the secret of the volume's path: {xml}");
+    env.vols
+        .wipe_storage_vol(WipeStorageVolRequest {
+            vol: vol_ref("mine.qcow2"),
+            algorithm: StorageVolWipeAlgorithm::Zero as i32,
+            flags: 0,
+        })
+        .await
+        .expect("wipe re-encrypts with the passphrase found by path");
+    assert!(opens_with(&path, "qcow2", "by-path-passphrase"));
+
+    let xml = vol_xml(&mut env, "other.qcow2").await;
+    assert!(!xml.contains(SECRET), "no secret is named by this path: {xml}");
+    let err = resize(&mut env, "other.qcow2", 32 << 20, 0)
+        .await
+        .expect_err("no passphrase known");
+    assert_eq!(from_status(&err).code(), ErrorCode::NoSecret, "{}", err.message());
+    assert!(
+        err.message()
+            .contains(&env.pool_dir.join("other.qcow2").display().to_string()),
+        "names the usage to define: {}",
+        err.message()
+    );
+    assert_eq!(capacity(&mut env, "other.qcow2").await, 16 << 20);
 }
