@@ -30,6 +30,7 @@ pub mod logging;
 
 pub mod pidfile;
 pub mod policy;
+pub mod reflection;
 pub mod server;
 
 pub use clients::ClientInfo;

@@ -17,6 +17,7 @@ use crate::config::DaemonConfig;
 use crate::listen::{self, Listener, SocketKind};
 use crate::logging::Logging;
 use crate::pidfile::PidFile;
+use crate::reflection::{self, LazyReflection};
 use rvirt::paths::{BaseDirs, DaemonPaths, Mode};
 
 /// What a daemon is: its name (`virtqemud`) and driver (`qemu`, the folder its state lives in).
@@ -524,22 +525,9 @@ async fn with_infrastructure(set: ServiceSet) -> Result<tonic::service::Routes, 
             .set_service_status(*name, tonic_health::ServingStatus::Serving)
             .await;
     }
-    let reflection = || {
-        let mut builder = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(rvirt_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name("grpc.health.v1.Health")
-            .with_service_name("grpc.reflection.v1.ServerReflection")
-            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
-        for name in set.names() {
-            builder = builder.with_service_name(*name);
-        }
-        builder
-    };
-    let v1 = reflection().build_v1().map_err(|e| format!("reflection: {e}"))?;
-    let v1alpha = reflection()
-        .build_v1alpha()
-        .map_err(|e| format!("reflection: {e}"))?;
+    // Built on the first reflection call (see `reflection`), not now.
+    let v1 = LazyReflection::<reflection::V1>::new(set.names());
+    let v1alpha = LazyReflection::<reflection::V1Alpha>::new(set.names());
     let ServiceSet { mut routes, .. } = set;
     routes.add_service(health).add_service(v1).add_service(v1alpha);
     Ok(routes.routes())
