@@ -1652,6 +1652,17 @@ impl StorageDriver {
             ));
         }
         let input = self.vol_use(source)?;
+        let (_, source_def) = self.vol_state(source)?;
+        // An encrypted source is decrypted into the copy (as libvirt does), with its passphrase.
+        let input_key = self.luks_key(&source_def).await?.map(|(file, key)| {
+            (
+                file,
+                LuksKey {
+                    alias: "secin".into(),
+                    ..key
+                },
+            )
+        });
         if !vol.has_capacity() {
             vol.capacity = Some(rvirt_conf::storage::ScaledXml::bytes(input.capacity, "bytes"));
             vol.allocation
@@ -1666,13 +1677,35 @@ impl StorageDriver {
         let (reservation, _job, pool_def) = self.reserve(pool, &vol)?;
         let path = self.vol_path(&pool_def, &vol.name);
         let format = vol.format().map(str::to_owned);
+        if input_key.is_some() && (pool_def.pool_type == PoolType::Logical || flags & flags::VOL_REFLINK != 0)
+        {
+            return Err(StorageError::new(
+                ErrorCode::ArgumentUnsupported,
+                format!(
+                    "Volume '{}' is encrypted: it can be cloned (decrypted) into a file volume without REFLINK, \
+                     not into a logical volume or as a reflink copy of its ciphertext",
+                    source_def.name
+                ),
+            ));
+        }
         match pool_def.pool_type {
             PoolType::Logical => {
                 lvm::create_from(self.runner.as_ref(), &pool_def, &vol, &input.path, &input.format).await?
             }
             _ => {
                 let image = ImageOptions::from_vol(&vol, flags & flags::VOL_PREALLOC_METADATA != 0, None);
-                if flags & flags::VOL_REFLINK != 0 {
+                if let Some((_file, key)) = &input_key {
+                    fsvol::create_decrypted(
+                        self.runner.as_ref(),
+                        &path,
+                        &vol,
+                        &image,
+                        &input.path,
+                        &input.format,
+                        key,
+                    )
+                    .await?;
+                } else if flags & flags::VOL_REFLINK != 0 {
                     if image.format != "raw" || input.format != "raw" {
                         return Err(StorageError::new(
                             ErrorCode::ArgumentUnsupported,

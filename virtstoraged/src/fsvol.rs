@@ -102,8 +102,34 @@ pub async fn create(
     let args = match input {
         None => qemu_img::create_args(path, image),
         Some((input, format)) => qemu_img::convert_args(input, format, path, image),
-    }
-    .map_err(|e| {
+    };
+    create_with(runner, path, vol, image, args, input.is_some()).await
+}
+
+/// Creates the plain volume `vol` at `path` as a decrypted copy of the encrypted image
+/// `input` (of `format`, opened with `key`).
+pub async fn create_decrypted(
+    runner: &dyn CommandRunner,
+    path: &Path,
+    vol: &VolDef,
+    image: &ImageOptions,
+    input: &Path,
+    format: &str,
+    key: &qemu_img::LuksKey,
+) -> Result<()> {
+    let args = qemu_img::convert_decrypting_args(input, format, key, path, image);
+    create_with(runner, path, vol, image, args, true).await
+}
+
+async fn create_with(
+    runner: &dyn CommandRunner,
+    path: &Path,
+    vol: &VolDef,
+    image: &ImageOptions,
+    args: std::result::Result<Vec<std::ffi::OsString>, qemu_img::QemuImgError>,
+    copied: bool,
+) -> Result<()> {
+    let args = args.map_err(|e| {
         StorageError::new(
             ErrorCode::ConfigUnsupported,
             format!("Cannot create volume '{}': {e}", vol.name),
@@ -111,7 +137,7 @@ pub async fn create(
     })?;
     let guard = create_exclusive(path, &vol.permissions())?;
     runner.run("qemu-img", &args).await?;
-    if input.is_some() && image.capacity > 0 {
+    if copied && image.capacity > 0 {
         let info = info(runner, path, Some(image.qemu_format())).await?;
         if image.capacity > info.virtual_size {
             runner
@@ -123,7 +149,7 @@ pub async fn create(
         }
     }
     // libvirt allocates the first `allocation` bytes of a raw volume.
-    if input.is_none()
+    if !copied
         && image.format == "raw"
         && image.preallocation.is_none()
         && image.allocation > 0

@@ -350,22 +350,67 @@ pub fn resize_encrypted_args(
     capacity: u64,
     shrink: bool,
 ) -> Vec<OsString> {
-    let mut object = OsString::from(format!("secret,id={},file=", key.alias));
-    object.push(escape_commas(key.file.as_os_str()));
-    let mut args: Vec<OsString> = vec!["resize".into(), "--object".into(), object];
+    let mut args: Vec<OsString> = vec!["resize".into(), "--object".into(), secret_object(key)];
     if shrink {
         args.push("--shrink".into());
     }
+    args.push("--image-opts".into());
+    args.push(encrypted_image(path, format, key));
+    args.push(capacity.div_ceil(512).saturating_mul(512).to_string().into());
+    args
+}
+
+/// `secret,id=<alias>,file=<key file>`.
+fn secret_object(key: &LuksKey) -> OsString {
+    let mut object = OsString::from(format!("secret,id={},file=", key.alias));
+    object.push(escape_commas(key.file.as_os_str()));
+    object
+}
+
+/// The `--image-opts` of an encrypted image: `driver=luks` for raw LUKS, `driver=qcow2` with
+/// `encrypt.key-secret` for an encrypted qcow2.
+fn encrypted_image(path: &Path, format: &str, key: &LuksKey) -> OsString {
     let mut image = OsString::from(if format == "qcow2" {
         format!("driver=qcow2,encrypt.key-secret={},file.filename=", key.alias)
     } else {
         format!("driver=luks,key-secret={},file.filename=", key.alias)
     });
     image.push(escape_commas(path.as_os_str()));
-    args.push("--image-opts".into());
-    args.push(image);
-    args.push(capacity.div_ceil(512).saturating_mul(512).to_string().into());
-    args
+    image
+}
+
+/// `qemu-img convert` arguments for a copy of an encrypted image (`input` of `input_format`,
+/// opened with `key`) into a new plain image at `path`: the input is decrypted, as libvirt
+/// does when it clones an encrypted volume into one without `<encryption>`.
+pub fn convert_decrypting_args(
+    input: &Path,
+    input_format: &str,
+    key: &LuksKey,
+    path: &Path,
+    image: &ImageOptions,
+) -> Result<Vec<OsString>, QemuImgError> {
+    image.check(true)?;
+    if image.encryption.is_some() {
+        return Err(QemuImgError(
+            "a copy of an encrypted image cannot be encrypted again here".into(),
+        ));
+    }
+    let mut args: Vec<OsString> = vec![
+        "convert".into(),
+        "--object".into(),
+        secret_object(key),
+        "--image-opts".into(),
+        "-O".into(),
+        image.qemu_format().into(),
+    ];
+    let opts = image.option_string(true);
+    if !opts.is_empty() {
+        args.push("-o".into());
+        args.push(opts.into());
+    }
+    args.push(encrypted_image(input, input_format, key));
+    args.push(path.into());
+    Ok(args)
 }
 
 /// `qemu-img info` arguments: JSON, the whole backing chain, without taking the image lock (a
@@ -692,6 +737,42 @@ mod tests {
                 "--image-opts",
                 "driver=qcow2,encrypt.key-secret=sec0,file.filename=/p/q",
                 "4096"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_copy_of_an_encrypted_image_decrypts_it() {
+        let key = LuksKey {
+            alias: "secin".into(),
+            file: PathBuf::from("/keys/k.key"),
+            options: Vec::new(),
+        };
+        let vol = vol("<volume><name>plain.qcow2</name><capacity>1048576</capacity>\
+             <target><format type='qcow2'/></target></volume>");
+        let image = ImageOptions::from_vol(&vol, false, None);
+        assert_eq!(
+            strings(
+                convert_decrypting_args(
+                    Path::new("/p/enc.img"),
+                    "raw",
+                    &key,
+                    Path::new("/p/plain.qcow2"),
+                    &image
+                )
+                .expect("args")
+            ),
+            [
+                "convert",
+                "--object",
+                "secret,id=secin,file=/keys/k.key",
+                "--image-opts",
+                "-O",
+                "qcow2",
+                "-o",
+                "compat=1.1",
+                "driver=luks,key-secret=secin,file.filename=/p/enc.img",
+                "/p/plain.qcow2"
             ]
         );
     }

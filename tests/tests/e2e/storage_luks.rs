@@ -444,3 +444,82 @@ async fn after_a_restart_an_encrypted_volume_finds_the_secret_named_by_its_path(
     );
     assert_eq!(capacity(&mut env, "other.qcow2").await, 16 << 20);
 }
+
+/// Writes `pattern` over the first MiB of an encrypted image's payload with qemu-io.
+fn write_payload(path: &Path, driver: &str, pattern: u8) {
+    let key = if driver == "qcow2" {
+        "encrypt.key-secret"
+    } else {
+        "key-secret"
+    };
+    let out = Command::new("qemu-io")
+        .arg("--object")
+        .arg(format!("secret,id=s,data={PASSPHRASE}"))
+        .arg("--image-opts")
+        .arg(format!(
+            "driver={driver},{key}=s,file.filename={}",
+            path.display()
+        ))
+        .args(["-c", &format!("write -P {pattern:#x} 0 1M")])
+        .output()
+        .expect("run qemu-io");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// libvirt decrypts an encrypted volume into a clone without `<encryption>`.
+#[tokio::test]
+async fn a_clone_of_an_encrypted_volume_is_its_decrypted_payload() {
+    let mut env = env().await;
+    create(&mut env, encrypted_vol("enc.img", "raw", "luks", SECRET))
+        .await
+        .expect("create the encrypted volume");
+    write_payload(&env.pool_dir.join("enc.img"), "luks", 0x5a);
+    for format in ["raw", "qcow2"] {
+        let name = format!("plain.{format}");
+        env.vols
+            .create_storage_vol_xml_from(CreateStorageVolXmlFromRequest {
+                pool: pool_ref(),
+                xml: format!(
+                    "<volume><name>{name}</name><target><format type='{format}'/></target></volume>"
+                ),
+                source: vol_ref("enc.img"),
+                flags: 0,
+            })
+            .await
+            .expect("clone the encrypted volume");
+        let info = qemu_img_info(&env.pool_dir.join(&name));
+        assert_eq!(info["format"], format, "{info}");
+        assert_eq!(info["virtual-size"], 16u64 << 20, "the payload's size: {info}");
+        assert!(info.get("encrypted").is_none_or(|e| e == false), "{info}");
+        let out = Command::new("qemu-io")
+            .args(["-f", format, "-r", "-c", "read -P 0x5a 0 1M"])
+            .arg(env.pool_dir.join(&name))
+            .output()
+            .expect("run qemu-io");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && !said.contains("Pattern verification failed"),
+            "{name} holds the plaintext: {said}"
+        );
+        let xml = vol_xml(&mut env, &name).await;
+        assert!(!xml.contains("encryption"), "{xml}");
+    }
+    let err = env
+        .vols
+        .create_storage_vol_xml_from(CreateStorageVolXmlFromRequest {
+            pool: pool_ref(),
+            xml: "<volume><name>copy.img</name><target><format type='raw'/></target></volume>".into(),
+            source: vol_ref("enc.img"),
+            flags: 2, // REFLINK
+        })
+        .await
+        .expect_err("a reflink would copy the ciphertext");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::ArgumentUnsupported,
+        "{}",
+        err.message()
+    );
+    assert!(!env.pool_dir.join("copy.img").exists());
+    assert!(key_files_left(&env.root).is_empty());
+}
