@@ -10,7 +10,7 @@ use rvirt_proto::v1::*;
 use tonic::{Request, Response, Status};
 
 use crate::clients::ClientInfo;
-use crate::listen::SocketKind;
+use crate::listen::{RemotePeer, RemoteTransport, SocketKind};
 use crate::server::DaemonContext;
 
 /// The admin service of one daemon.
@@ -34,17 +34,37 @@ fn listener_kind(kind: SocketKind) -> ListenerKind {
     }
 }
 
-fn client(info: &ClientInfo) -> Client {
+/// A client as the admin API shows it: a local one with its credentials, a network one with
+/// its transport, address and certificate subject (its uid and gid are placeholders that grant
+/// nothing, so they are not shown).
+fn client((info, remote): &(ClientInfo, Option<RemotePeer>)) -> Client {
+    let (transport, address, uid, gid) = match remote {
+        None => (
+            ClientTransport::Unix,
+            String::new(),
+            Some(info.uid),
+            Some(info.gid),
+        ),
+        Some(peer) => (
+            match peer.transport {
+                RemoteTransport::Tls => ClientTransport::Tls,
+                RemoteTransport::Tcp => ClientTransport::Tcp,
+            },
+            peer.address.to_string(),
+            None,
+            None,
+        ),
+    };
     Client {
         id: info.id,
-        transport: ClientTransport::Unix as i32,
+        transport: transport as i32,
         socket: listener_kind(info.socket) as i32,
         connected_at: Some(prost_types::Timestamp::from(info.connected_at)),
-        uid: Some(info.uid),
-        gid: Some(info.gid),
+        uid,
+        gid,
         pid: info.pid.and_then(|p| u32::try_from(p).ok()),
-        certificate_subject: String::new(),
-        address: String::new(),
+        certificate_subject: info.cert_subject.clone().unwrap_or_default(),
+        address,
         read_only: info.socket == SocketKind::ReadOnly,
     }
 }
@@ -109,7 +129,7 @@ impl AdminService for AdminApi {
         &self,
         _: Request<ListClientsRequest>,
     ) -> Result<Response<ListClientsResponse>, Status> {
-        let clients = self.ctx.clients.list().iter().map(client).collect();
+        let clients = self.ctx.clients.list_with_peers().iter().map(client).collect();
         Ok(Response::new(ListClientsResponse { clients }))
     }
 
@@ -118,7 +138,7 @@ impl AdminService for AdminApi {
         request: Request<GetClientInfoRequest>,
     ) -> Result<Response<GetClientInfoResponse>, Status> {
         let id = request.get_ref().id;
-        let info = self.ctx.clients.get(id).ok_or_else(|| no_client(id))?;
+        let info = self.ctx.clients.get_with_peer(id).ok_or_else(|| no_client(id))?;
         Ok(Response::new(GetClientInfoResponse {
             client: Some(client(&info)),
         }))

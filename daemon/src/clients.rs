@@ -66,6 +66,8 @@ pub struct PeerIdentity {
 struct Entry {
     info: ClientInfo,
     fd: RawFd,
+    /// Where a network client connected from, and how.
+    remote: Option<crate::listen::RemotePeer>,
 }
 
 #[derive(Debug, Default)]
@@ -108,6 +110,24 @@ impl ClientRegistry {
     /// One client.
     pub fn get(&self, id: u64) -> Option<ClientInfo> {
         self.lock().clients.get(&id).map(|e| e.info.clone())
+    }
+
+    /// The clients connected now, oldest first, each with its transport and address when it
+    /// came over the network ([`register_remote`](Self::register_remote)).
+    pub fn list_with_peers(&self) -> Vec<(ClientInfo, Option<crate::listen::RemotePeer>)> {
+        self.lock()
+            .clients
+            .values()
+            .map(|e| (e.info.clone(), e.remote.clone()))
+            .collect()
+    }
+
+    /// One client, with its network peer.
+    pub fn get_with_peer(&self, id: u64) -> Option<(ClientInfo, Option<crate::listen::RemotePeer>)> {
+        self.lock()
+            .clients
+            .get(&id)
+            .map(|e| (e.info.clone(), e.remote.clone()))
     }
 
     /// How many clients are connected on sockets of the given kinds.
@@ -169,6 +189,28 @@ impl ClientRegistry {
         socket: SocketKind,
         fd: RawFd,
     ) -> ClientHandle {
+        self.register_entry(identity, socket, fd, None)
+    }
+
+    /// [`register_peer`](Self::register_peer) for a client that came over TCP or TLS from
+    /// `remote`: the admin service reports its transport and address.
+    pub fn register_remote(
+        self: &Arc<Self>,
+        identity: PeerIdentity,
+        socket: SocketKind,
+        fd: RawFd,
+        remote: crate::listen::RemotePeer,
+    ) -> ClientHandle {
+        self.register_entry(identity, socket, fd, Some(remote))
+    }
+
+    fn register_entry(
+        self: &Arc<Self>,
+        identity: PeerIdentity,
+        socket: SocketKind,
+        fd: RawFd,
+        remote: Option<crate::listen::RemotePeer>,
+    ) -> ClientHandle {
         let PeerIdentity {
             uid,
             gid,
@@ -193,6 +235,7 @@ impl ClientRegistry {
             Entry {
                 info: info.clone(),
                 fd,
+                remote,
             },
         );
         let total = inner.clients.len();

@@ -167,7 +167,7 @@ fn serve(
                                     .and_then(|certs| certs.first())
                                     .and_then(|cert| crate::tls::subject_dn(cert));
                                 let fd = tls.get_ref().0.as_raw_fd();
-                                let handle = register(&ctx, subject, fd);
+                                let handle = register(&ctx, subject, fd, RemoteTransport::Tls, address);
                                 RemoteStream::new(MaybeTls::Tls(Box::new(tls)), address, handle)
                             }
                             Ok(Err(e)) => {
@@ -181,7 +181,7 @@ fn serve(
                         }
                     }
                     None => {
-                        let handle = register(&ctx, None, tcp.as_raw_fd());
+                        let handle = register(&ctx, None, tcp.as_raw_fd(), RemoteTransport::Tcp, address);
                         RemoteStream::new(MaybeTls::Plain(tcp), address, handle)
                     }
                 };
@@ -212,8 +212,15 @@ fn serve(
     });
 }
 
-/// Registers an authenticated remote connection (socket `fd`) with the runtime's registry.
-fn register(ctx: &DaemonContext, cert_subject: Option<String>, fd: std::os::fd::RawFd) -> ClientHandle {
+/// Registers an authenticated remote connection (socket `fd`, from `address`) with the
+/// runtime's registry.
+fn register(
+    ctx: &DaemonContext,
+    cert_subject: Option<String>,
+    fd: std::os::fd::RawFd,
+    transport: RemoteTransport,
+    address: SocketAddr,
+) -> ClientHandle {
     let identity = PeerIdentity {
         uid: REMOTE_NOBODY,
         gid: REMOTE_NOBODY,
@@ -221,7 +228,12 @@ fn register(ctx: &DaemonContext, cert_subject: Option<String>, fd: std::os::fd::
         pid: None,
         cert_subject,
     };
-    ctx.clients.register_peer(identity, SocketKind::ReadWrite, fd)
+    ctx.clients.register_remote(
+        identity,
+        SocketKind::ReadWrite,
+        fd,
+        RemotePeer { transport, address },
+    )
 }
 
 /// A TLS stream or a plain TCP one.

@@ -14,8 +14,9 @@ use rcgen::{
 use rvirt::Connect;
 use rvirt_e2e::{DAEMON_DEADLINE, DaemonOptions, DaemonProcess, TestRoot, channel};
 use rvirt_proto::error::from_status;
+use rvirt_proto::v1::admin_service_client::AdminServiceClient;
 use rvirt_proto::v1::secret_service_client::SecretServiceClient;
-use rvirt_proto::v1::{ErrorCode, ListSecretsRequest};
+use rvirt_proto::v1::{Client, ClientTransport, ErrorCode, ListClientsRequest, ListSecretsRequest};
 
 /// The allow-list every remote host in these tests uses: trusted clients' CNs start `trusted`.
 const ALLOWED_DN: &str = "C=GB,O=rvirt tests,CN=trusted*";
@@ -209,6 +210,34 @@ async fn trusted_client_defines_and_lists_secrets_over_tls() {
         .expect("list directly")
         .into_inner();
     assert_eq!(direct.secrets.len(), 1);
+    // The proxy's admin service shows the connection as a TLS client with its subject.
+    let clients = admin_clients(&host.root).await;
+    let tls: Vec<_> = clients
+        .iter()
+        .filter(|c| c.transport == ClientTransport::Tls as i32)
+        .collect();
+    assert_eq!(tls.len(), 1, "{clients:?}");
+    assert!(
+        tls[0].certificate_subject.contains("CN=trusted-client"),
+        "{tls:?}"
+    );
+    assert!(tls[0].address.starts_with("127.0.0.1:"), "{tls:?}");
+    assert_eq!(
+        (tls[0].uid, tls[0].gid),
+        (None, None),
+        "no local credentials: {tls:?}"
+    );
+    drop(conn);
+}
+
+/// The clients the remote host's virtproxyd lists on its admin socket.
+async fn admin_clients(root: &TestRoot) -> Vec<Client> {
+    AdminServiceClient::new(channel(&root.socket("rvirt-admin-sock")).await)
+        .list_clients(ListClientsRequest::default())
+        .await
+        .expect("list the proxy's clients")
+        .into_inner()
+        .clients
 }
 
 #[tokio::test]
@@ -299,6 +328,13 @@ async fn plain_tcp_with_auth_none_serves_calls() {
         .await
         .expect("open qemu+tcp://");
     assert!(conn.list_all_secrets(0).await.expect("list over TCP").is_empty());
+    let clients = admin_clients(&host.root).await;
+    assert!(
+        clients
+            .iter()
+            .any(|c| c.transport == ClientTransport::Tcp as i32 && c.address.starts_with("127.0.0.1:")),
+        "{clients:?}"
+    );
     drop(host);
 }
 
