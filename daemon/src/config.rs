@@ -91,6 +91,9 @@ pub struct RemoteConfig {
     pub cert_file: String,
     /// `ca_file`: the CA that signs client certificates; empty uses the default.
     pub ca_file: String,
+    /// `crl_file`: the CA's revocation list (PEM); empty uses `cacrl.pem` beside the CA
+    /// certificate when that file exists.
+    pub crl_file: String,
     /// `tls_allowed_dn_list`: client certificate subjects allowed, with `*` and `?` wildcards;
     /// `None` allows every certificate the CA signed.
     pub tls_allowed_dn_list: Option<Vec<String>>,
@@ -112,6 +115,7 @@ impl RemoteConfig {
             key_file: String::new(),
             cert_file: String::new(),
             ca_file: String::new(),
+            crl_file: String::new(),
             tls_allowed_dn_list: None,
             auth_tcp: "sasl".into(),
             auth_tls: "none".into(),
@@ -235,6 +239,7 @@ impl DaemonConfig {
             key_file: Option<String>,
             cert_file: Option<String>,
             ca_file: Option<String>,
+            crl_file: Option<String>,
             tls_allowed_dn_list: Option<Vec<String>>,
             auth_tcp: Option<String>,
             auth_tls: Option<String>,
@@ -277,6 +282,7 @@ impl DaemonConfig {
             (&mut r.key_file, p.key_file),
             (&mut r.cert_file, p.cert_file),
             (&mut r.ca_file, p.ca_file),
+            (&mut r.crl_file, p.crl_file),
             (&mut r.auth_tcp, p.auth_tcp),
             (&mut r.auth_tls, p.auth_tls),
         ] {

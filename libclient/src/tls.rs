@@ -140,6 +140,8 @@ pub enum RemoteFailure {
     ClientCertNotAllowed,
     /// The server requires a client certificate and we sent none.
     ClientCertMissing,
+    /// The server's CA has revoked our certificate (its `crl_file` lists it).
+    ClientCertRevoked,
     /// The server refused our certificate for another reason (expired, wrong purpose, ...).
     ClientCertRefused(String),
     /// The server's certificate is not signed by our CA.
@@ -199,8 +201,8 @@ fn classify_text(text: &str) -> Option<RemoteFailure> {
             | "CertificateExpired"
             | "CertificateUnknown"
             | "UnsupportedCertificate"
-            | "CertificateRevoked"
             | "DecryptError" => RemoteFailure::ClientCertRefused(alert),
+            "CertificateRevoked" => RemoteFailure::ClientCertRevoked,
             // A TLS 1.2 server without our certificate, or a protocol mismatch.
             "HandshakeFailure" => RemoteFailure::ClientCertRefused(alert),
             _ => RemoteFailure::Other(format!("the server sent TLS alert {alert}")),
@@ -267,6 +269,12 @@ pub fn failure_error(
             ErrorCode::AuthFailed,
             format!(
                 "The server at {target} requires a client certificate and none was sent: put clientcert.pem and clientkey.pem beside {ca} or name their directory with pkipath="
+            ),
+        ),
+        RemoteFailure::ClientCertRevoked => (
+            ErrorCode::AuthFailed,
+            format!(
+                "The server at {target} refused the client certificate {cert}: its CA has revoked it (the server's crl_file lists it); get a new certificate"
             ),
         ),
         RemoteFailure::ClientCertRefused(alert) => (

@@ -36,7 +36,11 @@ pub async fn init(ctx: Arc<DaemonContext>) -> Result<ProxyDriver, String> {
     let default_uri = forward::default_uri(ctx.mode)?;
     let forwarder = Forwarder::new(default_uri);
     let remote = remote::start(&ctx, &forwarder).await?;
-    Ok(ProxyDriver { forwarder, remote })
+    Ok(ProxyDriver {
+        forwarder,
+        remote,
+        ctx: Arc::downgrade(&ctx),
+    })
 }
 
 /// The proxy's driver: the forwarding services.
@@ -45,6 +49,8 @@ pub struct ProxyDriver {
     forwarder: Forwarder,
     /// The TCP/TLS listeners (their clients are in the runtime's registry like local ones).
     pub remote: remote::RemoteListeners,
+    /// The runtime (weak: it owns the driver), for the configuration a reload reads.
+    ctx: std::sync::Weak<DaemonContext>,
 }
 
 impl Driver for ProxyDriver {
@@ -57,6 +63,21 @@ impl Driver for ProxyDriver {
             .with(StoragePoolProxy(f.clone()))
             .with(StorageVolProxy(f.clone()))
             .with(SecretProxy(f.clone()))
+    }
+
+    /// SIGHUP or the admin service's Reload: the TLS listener reads its PKI files again (the
+    /// runtime has already read the new configuration).
+    fn reload(&self) -> Result<(), String> {
+        let (Some(tls), Some(ctx)) = (&self.remote.tls, self.ctx.upgrade()) else {
+            return Ok(());
+        };
+        let config = ctx
+            .config
+            .read()
+            .map_err(|_| "configuration lock poisoned".to_owned())?
+            .remote
+            .clone();
+        tls.reload(&config, ctx.mode)
     }
 }
 

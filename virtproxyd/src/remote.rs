@@ -53,6 +53,44 @@ pub const REMOTE_NOBODY: u32 = u32::MAX - 1;
 pub struct RemoteListeners {
     /// The addresses listened on, with their transport.
     pub addresses: Vec<(RemoteTransport, SocketAddr)>,
+    /// The TLS listener's server configuration, when it runs.
+    pub tls: Option<Arc<TlsServer>>,
+}
+
+/// The TLS listener's server configuration (certificates, CA, revocation list, allow-list):
+/// read for every new connection, replaced by [`reload`](Self::reload).
+#[derive(Debug)]
+pub struct TlsServer {
+    config: std::sync::RwLock<Arc<rustls::ServerConfig>>,
+}
+
+impl TlsServer {
+    fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        let config = self
+            .config
+            .read()
+            .map(|c| Arc::clone(&c))
+            .unwrap_or_else(|poisoned| Arc::clone(&poisoned.into_inner()));
+        tokio_rustls::TlsAcceptor::from(config)
+    }
+
+    /// Reads the PKI files again for `config`: new connections use the new certificates,
+    /// connections already made keep theirs. Files that do not make a configuration leave
+    /// the one in force.
+    pub fn reload(
+        &self,
+        config: &rvirt_daemon::config::RemoteConfig,
+        mode: rvirt::paths::Mode,
+    ) -> Result<(), String> {
+        let fresh = crate::tls::server_config(config, mode)
+            .map_err(|e| format!("TLS certificates not reloaded, the previous ones stay in use: {e}"))?;
+        match self.config.write() {
+            Ok(mut current) => *current = fresh,
+            Err(poisoned) => *poisoned.into_inner() = fresh,
+        }
+        tracing::info!("TLS certificates reloaded");
+        Ok(())
+    }
 }
 
 /// Starts the TCP/TLS listeners the configuration and `--listen` ask for, serving `forwarder`'s
@@ -68,11 +106,13 @@ pub async fn start(ctx: &Arc<DaemonContext>, forwarder: &Forwarder) -> Result<Re
     let listen = ctx.args.listen;
     let mut listeners = RemoteListeners::default();
     if config.tls_enabled(listen) {
-        let tls = crate::tls::server_config(&config, ctx.mode)?;
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let tls = Arc::new(TlsServer {
+            config: std::sync::RwLock::new(crate::tls::server_config(&config, ctx.mode)?),
+        });
         let (listener, address) = bind(&config.listen_addr, config.tls_port, "tls_port").await?;
         listeners.addresses.push((RemoteTransport::Tls, address));
-        serve(ctx, forwarder, listener, Some(acceptor));
+        serve(ctx, forwarder, listener, Some(Arc::clone(&tls)));
+        listeners.tls = Some(tls);
         tracing::info!(%address, "listening for TLS clients");
     }
     if config.tcp_enabled() {
@@ -121,7 +161,7 @@ fn serve(
     ctx: &Arc<DaemonContext>,
     forwarder: &Forwarder,
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Arc<TlsServer>>,
 ) {
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<RemoteStream>>(64);
     let accept_ctx = Arc::clone(ctx);
@@ -153,7 +193,7 @@ fn serve(
             };
             let _ = tcp.set_nodelay(true);
             let tx = tx.clone();
-            let tls = tls.clone();
+            let tls = tls.as_ref().map(|t| t.acceptor());
             let ctx = Arc::clone(&accept_ctx);
             tokio::spawn(async move {
                 let stream = match tls {

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject as _;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rvirt::paths::Mode;
@@ -59,6 +59,32 @@ fn read_certs(key: &str, what: &str, path: &Path) -> Result<Vec<CertificateDer<'
     Ok(certs)
 }
 
+/// The revocation list to check client certificates against: `crl_file` when set, else
+/// `cacrl.pem` beside the CA certificate when it exists (libvirt's layout), else none.
+pub fn crl_path(config: &RemoteConfig, paths: &PkiPaths) -> Option<PathBuf> {
+    if !config.crl_file.is_empty() {
+        return Some(PathBuf::from(&config.crl_file));
+    }
+    let default = paths.ca.with_file_name("cacrl.pem");
+    default.exists().then_some(default)
+}
+
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let crls = CertificateRevocationListDer::pem_file_iter(path)
+        .map_err(|e| unreadable("crl_file", "certificate revocation list", path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| unreadable("crl_file", "certificate revocation list", path, e))?;
+    if crls.is_empty() {
+        return Err(unreadable(
+            "crl_file",
+            "certificate revocation list",
+            path,
+            "no PEM X509 CRL in it",
+        ));
+    }
+    Ok(crls)
+}
+
 /// The TLS server configuration for `config` in `mode`: server certificate and key, mandatory
 /// client certificates signed by the CA, the DN allow-list, HTTP/2 by ALPN.
 pub fn server_config(config: &RemoteConfig, mode: Mode) -> Result<Arc<rustls::ServerConfig>, String> {
@@ -70,10 +96,14 @@ pub fn server_config(config: &RemoteConfig, mode: Mode) -> Result<Arc<rustls::Se
             .add(cert)
             .map_err(|e| unreadable("ca_file", "CA certificate", &paths.ca, e))?;
     }
-    let webpki =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
-            .build()
-            .map_err(|e| format!("cannot use the CA certificate '{}': {e}", paths.ca.display()))?;
+    let mut builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
+    if let Some(crl) = crl_path(config, &paths) {
+        builder = builder.with_crls(read_crls(&crl)?);
+    }
+    let webpki = builder
+        .build()
+        .map_err(|e| format!("cannot use the CA certificate '{}': {e}", paths.ca.display()))?;
     let verifier: Arc<dyn ClientCertVerifier> = match &config.tls_allowed_dn_list {
         Some(allowed) => Arc::new(AllowListVerifier {
             inner: webpki,

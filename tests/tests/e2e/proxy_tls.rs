@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CertifiedIssuer, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams,
+    SerialNumber, date_time_ymd,
 };
 use rvirt::Connect;
 use rvirt_e2e::{DAEMON_DEADLINE, DaemonOptions, DaemonProcess, TestRoot, channel};
@@ -44,6 +45,16 @@ fn new_ca(cn: &str) -> CertifiedIssuer<'static, KeyPair> {
 /// A certificate and key signed by `ca`, as PEM: a server's for 127.0.0.1 and localhost, or a
 /// client's.
 fn issue(ca: &CertifiedIssuer<'static, KeyPair>, cn: &str, server: bool) -> (String, String) {
+    issue_with_serial(ca, cn, server, None)
+}
+
+/// [`issue`] with a chosen serial number (which a revocation list names).
+fn issue_with_serial(
+    ca: &CertifiedIssuer<'static, KeyPair>,
+    cn: &str,
+    server: bool,
+    serial: Option<u64>,
+) -> (String, String) {
     let names = if server {
         vec!["127.0.0.1".to_owned(), "localhost".to_owned()]
     } else {
@@ -60,6 +71,7 @@ fn issue(ca: &CertifiedIssuer<'static, KeyPair>, cn: &str, server: bool) -> (Str
     } else {
         ExtendedKeyUsagePurpose::ClientAuth
     }];
+    params.serial_number = serial.map(SerialNumber::from);
     let key = KeyPair::generate().expect("leaf key");
     let cert = params.signed_by(&key, ca).expect("leaf certificate");
     (cert.pem(), key.serialize_pem())
@@ -123,7 +135,7 @@ struct RemoteHost {
     root: TestRoot,
     tls_port: u16,
     _secrets: DaemonProcess,
-    _proxy: DaemonProcess,
+    proxy: DaemonProcess,
 }
 
 fn proxy_conf(root: &TestRoot, text: &str) {
@@ -131,7 +143,10 @@ fn proxy_conf(root: &TestRoot, text: &str) {
 }
 
 async fn remote_host(pki: &Pki, extra: &str) -> RemoteHost {
-    let root = TestRoot::new();
+    remote_host_in(TestRoot::new(), pki, extra).await
+}
+
+async fn remote_host_in(root: TestRoot, pki: &Pki, extra: &str) -> RemoteHost {
     pki.install_server(&root);
     let tls_port = free_port();
     proxy_conf(
@@ -154,7 +169,7 @@ async fn remote_host(pki: &Pki, extra: &str) -> RemoteHost {
         root,
         tls_port,
         _secrets: secrets,
-        _proxy: proxy,
+        proxy,
     }
 }
 
@@ -415,4 +430,87 @@ async fn second_proxy_with_an_untrusted_certificate_is_refused() {
         "{}",
         status.message()
     );
+}
+
+/// A client certificate the CA revoked (its serial is in `cacrl.pem` beside the CA certificate,
+/// where the proxy looks by default) is refused in the handshake, saying so; others still pass.
+#[tokio::test]
+async fn a_revoked_client_certificate_is_refused() {
+    let pki = Pki::new();
+    let revoked = {
+        let (cert, key) = issue_with_serial(&pki.ca, "trusted-revoked", false, Some(0x7e57));
+        let dir = pki.dir.path().join("revoked");
+        write(&dir.join("cacert.pem"), &pki.ca.pem());
+        write(&dir.join("clientcert.pem"), &cert);
+        write(&dir.join("clientkey.pem"), &key);
+        dir
+    };
+    let crl = CertificateRevocationListParams {
+        this_update: date_time_ymd(2026, 1, 1),
+        next_update: date_time_ymd(2036, 1, 1),
+        crl_number: SerialNumber::from(1u64),
+        issuing_distribution_point: None,
+        revoked_certs: vec![RevokedCertParams {
+            serial_number: SerialNumber::from(0x7e57u64),
+            revocation_time: date_time_ymd(2026, 6, 1),
+            reason_code: None,
+            invalidity_date: None,
+        }],
+        key_identifier_method: KeyIdMethod::Sha256,
+    }
+    .signed_by(&pki.ca)
+    .expect("CRL");
+    // Written before the proxy starts: remote_host installs the server files beside it.
+    let root = TestRoot::new();
+    write(
+        &root.path().join("etc/pki/CA/cacrl.pem"),
+        &crl.pem().expect("CRL PEM"),
+    );
+    let host = remote_host_in(root, &pki, "").await;
+    let e = refused_at_open(&tls_uri(host.tls_port, &revoked)).await;
+    assert_eq!(e.code, ErrorCode::AuthFailed, "{e}");
+    assert!(e.message.contains("revoked"), "{e}");
+    let good = pki.client_dir("good", Some(("trusted-good", true)));
+    let conn = Connect::open(&tls_uri(host.tls_port, &good))
+        .await
+        .expect("a certificate not in the CRL passes");
+    assert!(conn.list_all_secrets(0).await.expect("list").is_empty());
+}
+
+/// SIGHUP makes the proxy read its certificates again: after the host's PKI is replaced by one
+/// from a new CA, new connections get the new server certificate and need the new CA's client
+/// certificates.
+#[tokio::test]
+async fn sighup_reloads_the_tls_certificates() {
+    let old = Pki::new();
+    let mut host = remote_host(&old, "").await;
+    let old_client = old.client_dir("old", Some(("trusted-old", true)));
+    Connect::open(&tls_uri(host.tls_port, &old_client))
+        .await
+        .expect("the old PKI works before the reload");
+
+    let new = Pki::new();
+    new.install_server(&host.root);
+    host.proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    host.proxy.wait_notify("RELOADING=1").await;
+    host.proxy.wait_notify("READY=1").await;
+
+    let new_client = new.client_dir("new", Some(("trusted-new", true)));
+    let conn = Connect::open(&tls_uri(host.tls_port, &new_client))
+        .await
+        .expect("the new PKI works after the reload");
+    assert!(conn.list_all_secrets(0).await.expect("list").is_empty());
+    let e = refused_at_open(&tls_uri(host.tls_port, &old_client)).await;
+    assert_eq!(e.code, ErrorCode::AuthFailed, "{e}");
+
+    // A reload with a broken key keeps the certificates in force.
+    write(
+        &host.root.path().join("etc/pki/rvirt/private/serverkey.pem"),
+        "not a key",
+    );
+    host.proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    host.proxy.wait_notify("READY=1").await;
+    Connect::open(&tls_uri(host.tls_port, &new_client))
+        .await
+        .expect("a failed reload keeps the working certificates");
 }
