@@ -110,16 +110,45 @@ pub enum ListenError {
 
 /// The sockets systemd passed (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`), read and removed
 /// from the environment.
+#[derive(Debug, Default)]
+pub struct Activated {
+    /// Unix sockets, with their kind.
+    pub local: Vec<(RawFd, SocketKind)>,
+    /// TCP sockets for remote clients (virtproxyd's `virtproxyd-tls.socket` and
+    /// `virtproxyd-tcp.socket`), with their transport.
+    pub remote: Vec<(RawFd, RemoteTransport)>,
+}
+
+/// The remote transport a systemd `FileDescriptorName=` stands for: names ending in `-tls` or
+/// `-tls.socket` are TLS listeners, `-tcp` or `-tcp.socket` plain TCP ones (libvirt's
+/// `virtproxyd-tls.socket`, `virtproxyd-tcp.socket`); `None` for a local socket's name.
+pub fn remote_fd_transport(name: &str) -> Option<RemoteTransport> {
+    let stem = name.strip_suffix(".socket").unwrap_or(name);
+    if stem.ends_with("-tls") {
+        Some(RemoteTransport::Tls)
+    } else if stem.ends_with("-tcp") {
+        Some(RemoteTransport::Tcp)
+    } else {
+        None
+    }
+}
+
+/// Reads and removes the sockets systemd passed.
 ///
 /// # Safety
 /// Changes the environment: call it before any thread starts (before the tokio runtime).
-pub unsafe fn take_activated() -> Result<Vec<(RawFd, SocketKind)>, ListenError> {
+pub unsafe fn take_activated() -> Result<Activated, ListenError> {
     // SAFETY: the caller guarantees no other thread runs yet.
     let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }
         .map_err(|e| ListenError::Activation(e.to_string()))?;
-    Ok(fds
-        .map(|(fd, name)| (fd, SocketKind::from_fd_name(&name)))
-        .collect())
+    let mut activated = Activated::default();
+    for (fd, name) in fds {
+        match remote_fd_transport(&name) {
+            Some(transport) => activated.remote.push((fd, transport)),
+            None => activated.local.push((fd, SocketKind::from_fd_name(&name))),
+        }
+    }
+    Ok(activated)
 }
 
 /// Turns the activated fds into listeners, checking each is a listening Unix stream socket.
@@ -216,6 +245,17 @@ pub fn resolve_group(name: &str) -> Result<Option<nix::unistd::Gid>, ListenError
 mod tests {
     use super::*;
     use rvirt::paths::{BaseDirs, Mode};
+
+    #[test]
+    fn remote_fd_names_map_to_transports() {
+        assert_eq!(
+            remote_fd_transport("virtproxyd-tls.socket"),
+            Some(RemoteTransport::Tls)
+        );
+        assert_eq!(remote_fd_transport("virtproxyd-tcp"), Some(RemoteTransport::Tcp));
+        assert_eq!(remote_fd_transport("virtproxyd.socket"), None);
+        assert_eq!(remote_fd_transport("virtproxyd-admin.socket"), None);
+    }
 
     #[test]
     fn fd_names_map_to_kinds() {

@@ -1,6 +1,7 @@
 //! Running a daemon: arguments, lock, listeners, serving, readiness, signals, idle exit, drain.
 
 use std::future::Future;
+use std::os::fd::FromRawFd as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -166,6 +167,9 @@ pub struct DaemonContext {
     pub uid: u32,
     /// The access rules every listener enforces (default policy and policy file).
     pub access: Arc<AccessControl>,
+    /// TCP sockets systemd passed for remote clients, until a driver takes them
+    /// ([`take_activated_remote`](Self::take_activated_remote)).
+    activated_remote: std::sync::Mutex<Vec<(std::os::fd::OwnedFd, listen::RemoteTransport)>>,
     driver: std::sync::OnceLock<Arc<dyn Driver>>,
     shutdown: watch::Sender<bool>,
 }
@@ -212,6 +216,16 @@ impl DaemonContext {
         }
         tracing::info!("configuration reloaded");
         Ok(())
+    }
+
+    /// Takes the TCP sockets systemd passed for remote clients (`*-tls.socket`,
+    /// `*-tcp.socket`), with their transport; empty when not socket activated, and after the
+    /// first call.
+    pub fn take_activated_remote(&self) -> Vec<(std::os::fd::OwnedFd, listen::RemoteTransport)> {
+        self.activated_remote
+            .lock()
+            .map(|mut fds| std::mem::take(&mut *fds))
+            .unwrap_or_default()
     }
 
     /// Why the driver is busy, if it is (and the daemon has a driver yet).
@@ -318,10 +332,18 @@ where
             },
             policy,
         )),
+        activated_remote: std::sync::Mutex::new(
+            activated
+                .remote
+                .into_iter()
+                // SAFETY: systemd passed these fds to this process for it to own.
+                .map(|(fd, transport)| (unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }, transport))
+                .collect(),
+        ),
         driver: std::sync::OnceLock::new(),
         shutdown: watch::channel(false).0,
     });
-    match runtime.block_on(run(ctx, activated, init)) {
+    match runtime.block_on(run(ctx, activated.local, init)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             tracing::error!("{message}");
@@ -382,6 +404,13 @@ where
 
     let driver: Arc<dyn Driver> = Arc::new(init(Arc::clone(&ctx)).await?);
     let _ = ctx.driver.set(Arc::clone(&driver));
+    let unused = ctx.take_activated_remote();
+    if !unused.is_empty() {
+        tracing::warn!(
+            count = unused.len(),
+            "systemd passed TCP sockets for remote clients, which only virtproxyd serves: closing them"
+        );
+    }
     let driver_services = driver.services();
     let admin_services =
         ServiceSet::new().with(rvirt_proto::v1::admin_service_server::AdminServiceServer::new(

@@ -105,6 +105,44 @@ pub async fn start(ctx: &Arc<DaemonContext>, forwarder: &Forwarder) -> Result<Re
         .clone();
     let listen = ctx.args.listen;
     let mut listeners = RemoteListeners::default();
+    let activated = ctx.take_activated_remote();
+    if !activated.is_empty() {
+        // Socket activation (virtproxyd-tls.socket, virtproxyd-tcp.socket): the sockets systemd
+        // passed are served, and listen_tls, listen_tcp and the ports are not consulted.
+        for (fd, transport) in activated {
+            let std_listener = std::net::TcpListener::from(fd);
+            let address = std_listener.local_addr().map_err(|e| {
+                format!(
+                    "a socket systemd passed for {} is not a TCP socket: {e}",
+                    transport.as_str()
+                )
+            })?;
+            std_listener
+                .set_nonblocking(true)
+                .map_err(|e| format!("the {} socket systemd passed: {e}", transport.as_str()))?;
+            let listener = TcpListener::from_std(std_listener)
+                .map_err(|e| format!("the {} socket systemd passed: {e}", transport.as_str()))?;
+            match transport {
+                RemoteTransport::Tls => {
+                    let tls = Arc::new(TlsServer {
+                        config: std::sync::RwLock::new(crate::tls::server_config(&config, ctx.mode)?),
+                    });
+                    serve(ctx, forwarder, listener, Some(Arc::clone(&tls)));
+                    listeners.tls = Some(tls);
+                    tracing::info!(%address, "listening for TLS clients on a socket systemd passed");
+                }
+                RemoteTransport::Tcp => {
+                    if config.auth_tcp != "none" {
+                        return Err(tcp_without_auth_none(&config.auth_tcp));
+                    }
+                    serve(ctx, forwarder, listener, None);
+                    tracing::warn!(%address, "listening for plain TCP clients without authentication on a socket systemd passed");
+                }
+            }
+            listeners.addresses.push((transport, address));
+        }
+        return Ok(listeners);
+    }
     if config.tls_enabled(listen) {
         let tls = Arc::new(TlsServer {
             config: std::sync::RwLock::new(crate::tls::server_config(&config, ctx.mode)?),
@@ -117,10 +155,7 @@ pub async fn start(ctx: &Arc<DaemonContext>, forwarder: &Forwarder) -> Result<Re
     }
     if config.tcp_enabled() {
         if config.auth_tcp != "none" {
-            return Err(format!(
-                "listen_tcp = 1 needs auth_tcp = \"none\" (auth_tcp is {:?}; SASL is not supported): plain TCP then has no authentication at all, so use it only for tests or trusted networks, and TLS (listen_tls) otherwise",
-                config.auth_tcp
-            ));
+            return Err(tcp_without_auth_none(&config.auth_tcp));
         }
         let (listener, address) = bind(&config.listen_addr, config.tcp_port, "tcp_port").await?;
         listeners.addresses.push((RemoteTransport::Tcp, address));
@@ -128,6 +163,12 @@ pub async fn start(ctx: &Arc<DaemonContext>, forwarder: &Forwarder) -> Result<Re
         tracing::warn!(%address, "listening for plain TCP clients without authentication (auth_tcp = \"none\")");
     }
     Ok(listeners)
+}
+
+fn tcp_without_auth_none(auth_tcp: &str) -> String {
+    format!(
+        "listen_tcp = 1 needs auth_tcp = \"none\" (auth_tcp is {auth_tcp:?}; SASL is not supported): plain TCP then has no authentication at all, so use it only for tests or trusted networks, and TLS (listen_tls) otherwise"
+    )
 }
 
 /// Binds `listen_addr:port`; an empty address listens on every address (IPv6 and IPv4, or IPv4

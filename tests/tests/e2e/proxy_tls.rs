@@ -514,3 +514,37 @@ async fn sighup_reloads_the_tls_certificates() {
         .await
         .expect("a failed reload keeps the working certificates");
 }
+
+/// Socket activation of the TLS listener (`virtproxyd-tls.socket`): virtproxyd serves the TCP
+/// socket systemd passed, without `--listen` and whatever the configured port.
+#[tokio::test]
+async fn the_tls_socket_systemd_passes_serves_remote_clients() {
+    use std::os::fd::AsRawFd as _;
+    let pki = Pki::new();
+    let root = TestRoot::new();
+    pki.install_server(&root);
+    proxy_conf(&root, &format!("tls_allowed_dn_list = [\"{ALLOWED_DN}\"]\n"));
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a TCP socket");
+    let port = socket.local_addr().expect("its address").port();
+    let _secrets = DaemonProcess::start("virtsecretd", &root).await;
+    let _proxy = DaemonProcess::start_with(
+        "virtproxyd",
+        &root,
+        DaemonOptions {
+            activated: vec![(socket.as_raw_fd(), "virtproxyd-tls.socket".into())],
+            ..DaemonOptions::default()
+        },
+    )
+    .await;
+    drop(socket);
+    let client = pki.client_dir("activated", Some(("trusted-activated", true)));
+    let conn = Connect::open(&tls_uri(port, &client))
+        .await
+        .expect("open qemu+tls:// on the activated socket");
+    assert!(conn.list_all_secrets(0).await.expect("list").is_empty());
+    let clients = admin_clients(&root).await;
+    assert!(
+        clients.iter().any(|c| c.transport == ClientTransport::Tls as i32),
+        "{clients:?}"
+    );
+}
