@@ -36,6 +36,7 @@ mod address;
 mod dom;
 mod format;
 pub mod machine;
+pub mod metadata;
 pub mod model;
 mod parse;
 mod postparse;

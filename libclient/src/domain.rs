@@ -270,6 +270,56 @@ impl Domain {
         Ok(reply.into_inner().autostart)
     }
 
+    /// `virDomainRename`: an inactive persistent domain gets `new_name`.
+    pub async fn rename(&self, new_name: &str) -> Result<()> {
+        self.client()?
+            .rename_domain(RenameDomainRequest {
+                domain: self.reference(),
+                new_name: new_name.to_owned(),
+                flags: 0,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// `virDomainGetMetadata`: the title, description, or the `<metadata>` element of
+    /// namespace `uri`; `NO_DOMAIN_METADATA` when there is none.
+    pub async fn metadata(&self, kind: DomainMetadataType, uri: &str, flags: u32) -> Result<String> {
+        let reply = self
+            .client()?
+            .get_domain_metadata(GetDomainMetadataRequest {
+                domain: self.reference(),
+                r#type: kind as i32,
+                uri: uri.to_owned(),
+                flags,
+            })
+            .await?;
+        Ok(reply.into_inner().metadata)
+    }
+
+    /// `virDomainSetMetadata`: sets (or with `metadata` absent removes) the title, description,
+    /// or the `<metadata>` element of namespace `uri`, written with prefix `key`.
+    pub async fn set_metadata(
+        &self,
+        kind: DomainMetadataType,
+        metadata: Option<&str>,
+        key: &str,
+        uri: &str,
+        flags: u32,
+    ) -> Result<()> {
+        self.client()?
+            .set_domain_metadata(SetDomainMetadataRequest {
+                domain: self.reference(),
+                r#type: kind as i32,
+                metadata: metadata.map(str::to_owned),
+                key: key.to_owned(),
+                uri: uri.to_owned(),
+                flags,
+            })
+            .await?;
+        Ok(())
+    }
+
     /// `virDomainSetAutostart`.
     pub async fn set_autostart(&self, autostart: bool) -> Result<()> {
         self.client()?

@@ -346,6 +346,72 @@ impl DomainService for QemuDomainService {
         let _vm = self.domains.find(request.get_ref().domain.as_ref())?;
         Ok(Response::new(HasDomainManagedSaveResponse::default()))
     }
+
+    async fn set_domain_memory(
+        &self,
+        request: Request<SetDomainMemoryRequest>,
+    ) -> Result<Response<SetDomainMemoryResponse>, Status> {
+        let request = request.into_inner();
+        let vm = self.domains.find(request.domain.as_ref())?;
+        self.domains
+            .set_memory(&vm, request.memory_kib, request.flags)
+            .await?;
+        Ok(Response::new(SetDomainMemoryResponse {}))
+    }
+
+    async fn set_domain_vcpus(
+        &self,
+        request: Request<SetDomainVcpusRequest>,
+    ) -> Result<Response<SetDomainVcpusResponse>, Status> {
+        let request = request.into_inner();
+        let vm = self.domains.find(request.domain.as_ref())?;
+        self.domains.set_vcpus(&vm, request.nvcpus, request.flags).await?;
+        Ok(Response::new(SetDomainVcpusResponse {}))
+    }
+
+    async fn rename_domain(
+        &self,
+        request: Request<RenameDomainRequest>,
+    ) -> Result<Response<RenameDomainResponse>, Status> {
+        let request = request.into_inner();
+        unsupported_flags(request.flags, 0)?;
+        let vm = self.domains.find(request.domain.as_ref())?;
+        self.domains.rename(&vm, &request.new_name).await?;
+        Ok(Response::new(RenameDomainResponse {
+            domain: Some(vm.describe()),
+        }))
+    }
+
+    async fn set_domain_metadata(
+        &self,
+        request: Request<SetDomainMetadataRequest>,
+    ) -> Result<Response<SetDomainMetadataResponse>, Status> {
+        let request = request.into_inner();
+        let vm = self.domains.find(request.domain.as_ref())?;
+        self.domains
+            .set_metadata(
+                &vm,
+                request.r#type,
+                request.metadata.as_deref(),
+                &request.key,
+                &request.uri,
+                request.flags,
+            )
+            .await?;
+        Ok(Response::new(SetDomainMetadataResponse {}))
+    }
+
+    async fn get_domain_metadata(
+        &self,
+        request: Request<GetDomainMetadataRequest>,
+    ) -> Result<Response<GetDomainMetadataResponse>, Status> {
+        let request = request.into_inner();
+        let vm = self.domains.find(request.domain.as_ref())?;
+        let metadata = self
+            .domains
+            .metadata(&vm, request.r#type, &request.uri, request.flags)?;
+        Ok(Response::new(GetDomainMetadataResponse { metadata }))
+    }
 }
 
 /// Bytes from the device to the caller and from the caller to the device, until either side

@@ -412,6 +412,83 @@ pub(crate) async fn autostart(sh: &mut Shell, args: &Args) -> CmdResult {
     Ok(())
 }
 
+pub(crate) async fn domrename(sh: &mut Shell, args: &Args) -> CmdResult {
+    let dom = arg_domain(sh, args).await?;
+    dom.rename(args.req("new-name"))
+        .await
+        .map_err(|e| CmdError::with("Failed to rename domain", e))?;
+    sh.print_extra("Domain successfully renamed\n");
+    Ok(())
+}
+
+pub(crate) async fn desc(sh: &mut Shell, args: &Args) -> CmdResult {
+    let flags = affect_flags(args)?;
+    if args.flag("edit") {
+        return Err(CmdError::msg(
+            "--edit is not supported: give the new text with --new-desc",
+        ));
+    }
+    let title = args.flag("title");
+    let (kind, what) = if title {
+        (DomainMetadataType::Title, "title")
+    } else {
+        (DomainMetadataType::Description, "description")
+    };
+    let dom = arg_domain(sh, args).await?;
+    if let Some(text) = args.get("new-desc") {
+        let value = (!text.is_empty()).then_some(text);
+        dom.set_metadata(kind, value, "", "", flags)
+            .await
+            .map_err(|e| CmdError::with(format!("Failed to set new domain {what}"), e))?;
+        sh.print_extra(&format!("Domain {what} updated successfully\n"));
+        return Ok(());
+    }
+    match dom.metadata(kind, "", flags).await {
+        Ok(text) => {
+            sh.print(&format!("{text}\n"));
+            Ok(())
+        }
+        Err(e) if e.code == ErrorCode::NoDomainMetadata => {
+            sh.print(&format!("No {what} for domain: {}\n", args.req("domain")));
+            Ok(())
+        }
+        Err(e) => Err(CmdError::from(e)),
+    }
+}
+
+pub(crate) async fn metadata(sh: &mut Shell, args: &Args) -> CmdResult {
+    let flags = affect_flags(args)?;
+    if args.flag("edit") {
+        return Err(CmdError::msg(
+            "--edit is not supported: give the new element with --set",
+        ));
+    }
+    let uri = args.req("uri");
+    let dom = arg_domain(sh, args).await?;
+    if args.flag("remove") || args.get("set").is_some() {
+        let set = if args.flag("remove") {
+            None
+        } else {
+            args.get("set")
+        };
+        let key = args.get("key").unwrap_or_default();
+        if set.is_some() && key.is_empty() {
+            return Err(CmdError::msg("namespace key is required when modifying metadata"));
+        }
+        dom.set_metadata(DomainMetadataType::Element, set, key, uri, flags)
+            .await?;
+        sh.print_extra(if set.is_some() {
+            "Metadata modified\n"
+        } else {
+            "Metadata removed\n"
+        });
+        return Ok(());
+    }
+    let element = dom.metadata(DomainMetadataType::Element, uri, flags).await?;
+    sh.print(&format!("{element}\n"));
+    Ok(())
+}
+
 pub(crate) async fn setmem(sh: &mut Shell, args: &Args, maximum: bool) -> CmdResult {
     let mut flags = affect_flags(args)?;
     if maximum {

@@ -155,6 +155,45 @@ pub static COMMANDS: &[CmdDef] = &[
         ]
     ),
     cmd!(
+        "domrename",
+        DOMAIN,
+        "rename a domain",
+        "Rename an inactive domain.",
+        [DOMAIN_OPT, Opt::data("new-name", "new domain name")]
+    ),
+    cmd!(
+        "desc",
+        DOMAIN,
+        "show or set domain's description or title",
+        "Allows setting or modifying the description or title of a domain.",
+        [
+            DOMAIN_OPT,
+            LIVE,
+            CONFIG,
+            CURRENT,
+            Opt::flag("title", "modify/get the title instead of description"),
+            Opt::flag("edit", "open an editor to modify the description"),
+            Opt::string("new-desc", "message")
+        ]
+    ),
+    cmd!(
+        "metadata",
+        DOMAIN,
+        "show or set domain's custom XML metadata",
+        "Shows or modifies the XML metadata of a domain.",
+        [
+            DOMAIN_OPT,
+            Opt::data("uri", "URI of the namespace"),
+            LIVE,
+            CONFIG,
+            CURRENT,
+            Opt::flag("edit", "use an editor to change the metadata"),
+            Opt::named("key", "key to be used as a namespace identifier"),
+            Opt::named("set", "new metadata to set"),
+            Opt::flag("remove", "remove the metadata corresponding to an uri")
+        ]
+    ),
+    cmd!(
         "autostart",
         DOMAIN,
         "autostart a domain",
@@ -975,6 +1014,9 @@ pub async fn dispatch(sh: &mut Shell, def: &CmdDef, args: &Args) -> CmdResult {
     match def.name {
         "attach-device" | "detach-device" => domain::device(sh, args, def.name == "attach-device").await,
         "autostart" => domain::autostart(sh, args).await,
+        "domrename" => domain::domrename(sh, args).await,
+        "desc" => domain::desc(sh, args).await,
+        "metadata" => domain::metadata(sh, args).await,
         "console" => domain::console(sh, args).await,
         "create" => domain::create(sh, args).await,
         "define" => domain::define(sh, args).await,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use rvirt_e2e::guest::{self, SerialKind, Transcript};
 use rvirt_e2e::qemu::{Reaper, qemu_present, status_pid};
 use rvirt_e2e::{DaemonProcess, TestRoot, channel};
+use rvirt_proto::error::from_status;
 use rvirt_proto::v1::domain_lifecycle_event::Detail;
 use rvirt_proto::v1::domain_service_client::DomainServiceClient;
 use rvirt_proto::v1::domain_state_reason::Reason;
@@ -1027,4 +1028,515 @@ async fn a_transient_domain_runs_reports_stats_resets_and_disappears_when_destro
         .await
         .expect_err("a transient domain is gone once stopped");
     assert_eq!(gone.code(), tonic::Code::NotFound);
+}
+
+async fn get_metadata(
+    env: &mut Env,
+    name: &str,
+    kind: DomainMetadataType,
+    uri: &str,
+    flags: u32,
+) -> Result<String, tonic::Status> {
+    env.client
+        .get_domain_metadata(GetDomainMetadataRequest {
+            domain: Some(by_name(name)),
+            r#type: kind as i32,
+            uri: uri.into(),
+            flags,
+        })
+        .await
+        .map(|r| r.into_inner().metadata)
+}
+
+async fn set_metadata(
+    env: &mut Env,
+    name: &str,
+    kind: DomainMetadataType,
+    value: Option<&str>,
+    (key, uri): (&str, &str),
+    flags: u32,
+) -> Result<(), tonic::Status> {
+    env.client
+        .set_domain_metadata(SetDomainMetadataRequest {
+            domain: Some(by_name(name)),
+            r#type: kind as i32,
+            metadata: value.map(str::to_owned),
+            key: key.into(),
+            uri: uri.into(),
+            flags,
+        })
+        .await
+        .map(|_| ())
+}
+
+/// `virsh domrename`: an inactive domain gets its new name on disk and in the API, its
+/// autostart link follows, the events say renamed, and the name survives a daemon restart; a
+/// running domain or a taken name is refused.
+#[tokio::test]
+async fn an_inactive_domain_is_renamed_with_its_autostart_link() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    let uuid = env.define("before").await.uuid;
+    env.define("taken").await;
+    env.client
+        .set_domain_autostart(SetDomainAutostartRequest {
+            domain: Some(by_name("before")),
+            autostart: true,
+        })
+        .await
+        .expect("autostart");
+    let mut events = env.events().await;
+    let rename = |from: &str, to: &str| RenameDomainRequest {
+        domain: Some(by_name(from)),
+        new_name: to.into(),
+        flags: 0,
+    };
+    let err = env
+        .client
+        .rename_domain(rename("before", "taken"))
+        .await
+        .expect_err("a taken name");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::OperationInvalid,
+        "{}",
+        err.message()
+    );
+    let renamed = env
+        .client
+        .rename_domain(rename("before", "after"))
+        .await
+        .expect("rename")
+        .into_inner()
+        .domain
+        .expect("domain");
+    assert_eq!(
+        (renamed.name.as_str(), renamed.uuid.as_str()),
+        ("after", uuid.as_str())
+    );
+    events
+        .wait(
+            "before",
+            is_lifecycle(
+                DomainEventType::Undefined,
+                Detail::Undefined(DomainEventUndefinedDetail::Renamed as i32),
+            ),
+        )
+        .await;
+    events
+        .wait(
+            "after",
+            is_lifecycle(
+                DomainEventType::Defined,
+                Detail::Defined(DomainEventDefinedDetail::Renamed as i32),
+            ),
+        )
+        .await;
+    let config = env.root.path().join("etc/rvirt/qemu");
+    assert!(config.join("after.xml").exists() && !config.join("before.xml").exists());
+    let link = config.join("autostart/after.xml");
+    assert_eq!(
+        std::fs::read_link(&link).expect("autostart link"),
+        config.join("after.xml")
+    );
+    assert!(!config.join("autostart/before.xml").exists());
+    let xml = std::fs::read_to_string(config.join("after.xml")).expect("definition");
+    assert!(xml.contains("<name>after</name>"), "{xml}");
+
+    env.start("after", 0).await;
+    let err = env
+        .client
+        .rename_domain(rename("after", "again"))
+        .await
+        .expect_err("running");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::OperationInvalid,
+        "{}",
+        err.message()
+    );
+    env.destroy("after").await;
+    env.daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    env.daemon.wait_exit(DEADLINE).await.expect("daemon exits");
+    env.restart().await;
+    // Autostarted under its new name (or about to be): it is known by it, not by the old one.
+    assert!(
+        env.client
+            .lookup_domain(LookupDomainRequest {
+                domain: Some(by_name("before"))
+            })
+            .await
+            .is_err()
+    );
+    let found = env
+        .client
+        .lookup_domain(LookupDomainRequest {
+            domain: Some(by_name("after")),
+        })
+        .await
+        .expect("the new name after a restart")
+        .into_inner();
+    assert_eq!(found.domain.expect("domain").uuid, uuid);
+    let _ = env
+        .client
+        .destroy_domain(DestroyDomainRequest {
+            domain: Some(by_name("after")),
+            flags: 0,
+        })
+        .await;
+}
+
+/// `virsh desc` and `virsh metadata`: title, description and namespaced elements, in the
+/// configuration and in the running domain separately, with metadata-change events.
+#[tokio::test]
+async fn metadata_is_set_read_and_removed_live_and_in_the_configuration() {
+    if !qemu_present() {
+        return;
+    }
+    const LIVE: u32 = DomainAffect::Live as u32;
+    const CONFIG: u32 = DomainAffect::Config as u32;
+    const URI: &str = "http://example.org/rvirt-test/1";
+    let mut env = Env::new().await;
+    env.define("meta").await;
+    let mut events = env.events().await;
+    set_metadata(
+        &mut env,
+        "meta",
+        DomainMetadataType::Title,
+        Some("web server"),
+        ("", ""),
+        0,
+    )
+    .await
+    .expect("title of the inactive domain");
+    events
+        .wait("meta", |e| matches!(e, domain_event::Event::MetadataChange(m) if m.r#type == DomainMetadataType::Title as i32))
+        .await;
+    let err = set_metadata(
+        &mut env,
+        "meta",
+        DomainMetadataType::Title,
+        Some("two\nlines"),
+        ("", ""),
+        0,
+    )
+    .await
+    .expect_err("a title is one line");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::InvalidArg,
+        "{}",
+        err.message()
+    );
+    set_metadata(
+        &mut env,
+        "meta",
+        DomainMetadataType::Element,
+        Some("<owner team='infra'>alice</owner>"),
+        ("app", URI),
+        0,
+    )
+    .await
+    .expect("an element");
+    events
+        .wait(
+            "meta",
+            |e| matches!(e, domain_event::Event::MetadataChange(m) if m.nsuri == URI),
+        )
+        .await;
+    assert_eq!(
+        get_metadata(&mut env, "meta", DomainMetadataType::Element, URI, 0)
+            .await
+            .expect("element"),
+        format!("<app:owner xmlns:app=\"{URI}\" team='infra'>alice</app:owner>")
+    );
+    let xml = std::fs::read_to_string(env.root.path().join("etc/rvirt/qemu/meta.xml")).expect("definition");
+    assert!(
+        xml.contains("<title>web server</title>") && xml.contains("<app:owner"),
+        "{xml}"
+    );
+
+    env.start("meta", 0).await;
+    set_metadata(
+        &mut env,
+        "meta",
+        DomainMetadataType::Description,
+        Some("live only"),
+        ("", ""),
+        LIVE,
+    )
+    .await
+    .expect("live description");
+    assert_eq!(
+        get_metadata(&mut env, "meta", DomainMetadataType::Description, "", LIVE)
+            .await
+            .expect("live"),
+        "live only"
+    );
+    let err = get_metadata(&mut env, "meta", DomainMetadataType::Description, "", CONFIG)
+        .await
+        .expect_err("not in the configuration");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::NoDomainMetadata,
+        "{}",
+        err.message()
+    );
+    set_metadata(
+        &mut env,
+        "meta",
+        DomainMetadataType::Element,
+        None,
+        ("", URI),
+        LIVE | CONFIG,
+    )
+    .await
+    .expect("remove the element everywhere");
+    for flags in [LIVE, CONFIG] {
+        let err = get_metadata(&mut env, "meta", DomainMetadataType::Element, URI, flags)
+            .await
+            .expect_err("removed");
+        assert_eq!(
+            from_status(&err).code(),
+            ErrorCode::NoDomainMetadata,
+            "{}",
+            err.message()
+        );
+    }
+    assert_eq!(
+        get_metadata(&mut env, "meta", DomainMetadataType::Title, "", LIVE)
+            .await
+            .expect("title"),
+        "web server"
+    );
+    env.destroy("meta").await;
+    let err = set_metadata(
+        &mut env,
+        "meta",
+        DomainMetadataType::Title,
+        Some("x"),
+        ("", ""),
+        LIVE,
+    )
+    .await
+    .expect_err("not running");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::OperationInvalid,
+        "{}",
+        err.message()
+    );
+}
+
+fn said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// virsh's `desc`, `metadata` and `domrename`, through rvirsh against virtqemud.
+#[tokio::test]
+async fn rvirsh_sets_descriptions_metadata_and_renames() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    env.define("shelly").await;
+    let out = rvirsh(&env, &["desc", "shelly"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "No description for domain: shelly",
+        "{}",
+        said(&out)
+    );
+    let out = rvirsh(&env, &["desc", "shelly", "--title", "--new-desc", "the shell"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("Domain title updated successfully"),
+        "{}",
+        said(&out)
+    );
+    let out = rvirsh(&env, &["desc", "shelly", "--title"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        "the shell",
+        "{}",
+        said(&out)
+    );
+
+    let uri = "http://example.org/shelly";
+    let out = rvirsh(&env, &["metadata", "shelly", uri, "--set", "<role>db</role>"]);
+    assert!(!out.status.success(), "a key is needed: {}", said(&out));
+    assert!(said(&out).contains("namespace key is required"), "{}", said(&out));
+    let out = rvirsh(
+        &env,
+        &[
+            "metadata",
+            "shelly",
+            uri,
+            "--key",
+            "s",
+            "--set",
+            "<role>db</role>",
+        ],
+    );
+    assert!(out.status.success(), "{}", said(&out));
+    let out = rvirsh(&env, &["metadata", "shelly", uri]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        format!("<s:role xmlns:s=\"{uri}\">db</s:role>"),
+        "{}",
+        said(&out)
+    );
+
+    let out = rvirsh(&env, &["domrename", "shelly", "shell2"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(
+        said(&out).contains("Domain successfully renamed"),
+        "{}",
+        said(&out)
+    );
+    let out = rvirsh(&env, &["list", "--all", "--title"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("shell2") && listed.contains("the shell") && !listed.contains("shelly"),
+        "{listed}"
+    );
+    let out = rvirsh(&env, &["metadata", "shell2", uri, "--remove"]);
+    assert!(said(&out).contains("Metadata removed"), "{}", said(&out));
+    let out = rvirsh(&env, &["metadata", "shell2", uri]);
+    assert!(!out.status.success(), "{}", said(&out));
+}
+
+async fn inactive_xml(env: &mut Env, name: &str) -> String {
+    env.client
+        .get_domain_xml(GetDomainXmlRequest {
+            domain: Some(by_name(name)),
+            flags: DomainXmlFlag::Inactive as u32,
+        })
+        .await
+        .expect("inactive XML")
+        .into_inner()
+        .xml
+}
+
+/// `virsh setmem`/`setmaxmem`/`setvcpus`: the definition changes with libvirt's limits; a
+/// running domain's memory changes through its balloon (and not without one); its maximum
+/// memory and its vCPUs do not change while it runs.
+#[tokio::test]
+async fn memory_and_vcpus_change_in_the_definition_and_through_the_balloon() {
+    if !qemu_present() {
+        return;
+    }
+    const LIVE: u32 = DomainMemFlag::Live as u32;
+    const CONFIG: u32 = DomainMemFlag::Config as u32;
+    const MAXIMUM: u32 = DomainMemFlag::Maximum as u32;
+    let mut env = Env::new().await;
+    let disk = env.disk("mem");
+    let xml = guest::domain_xml("mem", &disk, "qemu", SerialKind::Pty)
+        .replace("<memballoon model='none'/>", "<memballoon model='virtio'/>");
+    env.client
+        .define_domain_xml(DefineDomainXmlRequest { xml, flags: 0 })
+        .await
+        .expect("define with a balloon");
+    env.define("noballoon").await;
+    let set_memory = |name: &str, kib: u64, flags: u32| SetDomainMemoryRequest {
+        domain: Some(by_name(name)),
+        memory_kib: kib,
+        flags,
+    };
+    env.client
+        .set_domain_memory(set_memory("mem", 64 * 1024, MAXIMUM))
+        .await
+        .expect("raise the maximum of the inactive domain");
+    env.client
+        .set_domain_memory(set_memory("mem", 48 * 1024, 0))
+        .await
+        .expect("current memory of the inactive domain");
+    let err = env
+        .client
+        .set_domain_memory(set_memory("mem", 96 * 1024, 0))
+        .await
+        .expect_err("above the maximum");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::InvalidArg,
+        "{}",
+        err.message()
+    );
+    let xml = inactive_xml(&mut env, "mem").await;
+    assert!(
+        xml.contains("<memory unit='KiB'>65536</memory>")
+            && xml.contains("<currentMemory unit='KiB'>49152</currentMemory>"),
+        "{xml}"
+    );
+    env.client
+        .set_domain_vcpus(SetDomainVcpusRequest {
+            domain: Some(by_name("mem")),
+            nvcpus: 2,
+            flags: DomainVcpuFlag::Maximum as u32,
+        })
+        .await
+        .expect("two vCPUs");
+    assert!(inactive_xml(&mut env, "mem").await.contains(">2</vcpu>"));
+
+    env.start("mem", 0).await;
+    let err = env
+        .client
+        .set_domain_memory(set_memory("mem", 128 * 1024, MAXIMUM | LIVE))
+        .await
+        .expect_err("the maximum of a running domain");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::OperationInvalid,
+        "{}",
+        err.message()
+    );
+    env.client
+        .set_domain_memory(set_memory("mem", 40 * 1024, LIVE | CONFIG))
+        .await
+        .expect("balloon the running domain and change its definition");
+    assert!(
+        inactive_xml(&mut env, "mem")
+            .await
+            .contains("<currentMemory unit='KiB'>40960</currentMemory>")
+    );
+    let err = env
+        .client
+        .set_domain_vcpus(SetDomainVcpusRequest {
+            domain: Some(by_name("mem")),
+            nvcpus: 1,
+            flags: 0,
+        })
+        .await
+        .expect_err("no vCPU hotplug");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::OperationUnsupported,
+        "{}",
+        err.message()
+    );
+    // rvirsh's setmem reaches the same call.
+    let out = rvirsh(&env, &["setmem", "mem", "36M", "--live"]);
+    assert!(out.status.success(), "{}", said(&out));
+    env.destroy("mem").await;
+
+    env.start("noballoon", 0).await;
+    let err = env
+        .client
+        .set_domain_memory(set_memory("noballoon", 16 * 1024, LIVE))
+        .await
+        .expect_err("no balloon device");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::OperationInvalid,
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("balloon"), "{}", err.message());
+    env.destroy("noballoon").await;
 }

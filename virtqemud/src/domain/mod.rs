@@ -15,6 +15,7 @@
 //! virtqemud starts it adopts every QEMU those files name ([`Domains::init`]).
 
 pub mod console;
+mod modify;
 pub mod process;
 pub mod resources;
 pub mod stats;

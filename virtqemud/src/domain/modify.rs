@@ -1,0 +1,518 @@
+//! Changes to a domain that are not its lifecycle: its name (`RenameDomain`) and its title,
+//! description and `<metadata>` elements (`SetDomainMetadata`, `GetDomainMetadata`), with
+//! libvirt's rules and events.
+
+use rvirt_conf::domain::metadata;
+
+use super::*;
+
+/// Which definitions a call affects (libvirt's `VIR_DOMAIN_AFFECT_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Affect {
+    live: bool,
+    config: bool,
+}
+
+const AFFECT_LIVE: u32 = DomainAffect::Live as u32;
+const AFFECT_CONFIG: u32 = DomainAffect::Config as u32;
+
+fn invalid_arg(message: impl Into<String>) -> Status {
+    err(ErrorCode::InvalidArg, message)
+}
+
+/// Resolves `flags` for a domain that is `running` and `persistent`: CURRENT means the live
+/// domain when it runs, else its configuration.
+fn affect(flags: u32, name: &str, running: bool, persistent: bool) -> Result<Affect, Status> {
+    if flags & !(AFFECT_LIVE | AFFECT_CONFIG) != 0 {
+        return Err(err(
+            ErrorCode::InvalidArg,
+            format!(
+                "unsupported flags (0x{:x}): use LIVE and/or CONFIG",
+                flags & !(AFFECT_LIVE | AFFECT_CONFIG)
+            ),
+        ));
+    }
+    let mut affect = Affect {
+        live: flags & AFFECT_LIVE != 0,
+        config: flags & AFFECT_CONFIG != 0,
+    };
+    if !affect.live && !affect.config {
+        affect.live = running;
+        affect.config = !running;
+    }
+    if affect.live && !running {
+        return Err(err(
+            ErrorCode::OperationInvalid,
+            format!("Requested operation is not valid: domain '{name}' is not running"),
+        ));
+    }
+    if affect.config && !persistent {
+        return Err(err(
+            ErrorCode::OperationInvalid,
+            format!(
+                "Requested operation is not valid: transient domain '{name}' has no persistent configuration"
+            ),
+        ));
+    }
+    Ok(affect)
+}
+
+fn metadata_type(kind: i32) -> Result<DomainMetadataType, Status> {
+    DomainMetadataType::try_from(kind).map_err(|_| invalid_arg(format!("unknown metadata type {kind}")))
+}
+
+/// Applies one metadata change to a definition.
+fn apply(
+    def: &mut DomainDef,
+    kind: DomainMetadataType,
+    value: Option<&str>,
+    key: &str,
+    uri: &str,
+) -> Result<(), Status> {
+    let value = value.filter(|v| kind == DomainMetadataType::Element || !v.is_empty());
+    match kind {
+        DomainMetadataType::Title => {
+            if value.is_some_and(|v| v.contains('\n')) {
+                return Err(invalid_arg("the title cannot contain a new line"));
+            }
+            def.title = value.map(str::to_owned);
+        }
+        DomainMetadataType::Description => def.description = value.map(str::to_owned),
+        DomainMetadataType::Element => {
+            def.metadata = metadata::set_metadata_element(def.metadata.as_deref(), uri, key, value)
+                .map_err(|e| invalid_arg(format!("Cannot set the metadata element: {}", e.message)))?;
+        }
+    }
+    Ok(())
+}
+
+impl Domains {
+    /// Renames an inactive persistent domain, as libvirt's `virDomainRename`: the new
+    /// definition is written, the autostart link follows it, the old file goes, and the
+    /// domain is reported undefined (renamed) under its old name and defined (renamed) under
+    /// the new one.
+    pub async fn rename(&self, vm: &Arc<Vm>, new_name: &str) -> Result<(), Status> {
+        let _job = vm.job.lock().await;
+        let (old_name, config, autostart) = {
+            let inner = vm.lock();
+            if inner.run.is_some() {
+                return Err(err(
+                    ErrorCode::OperationInvalid,
+                    format!(
+                        "Requested operation is not valid: cannot rename active domain '{}': stop it first",
+                        inner.name
+                    ),
+                ));
+            }
+            let Some(config) = inner.config.clone() else {
+                return Err(err(
+                    ErrorCode::OperationInvalid,
+                    format!(
+                        "Requested operation is not valid: cannot rename transient domain '{}'",
+                        inner.name
+                    ),
+                ));
+            };
+            (inner.name.clone(), config, inner.autostart)
+        };
+        if new_name.is_empty() || new_name.contains('/') || new_name.contains('\n') {
+            return Err(invalid_arg(format!(
+                "'{new_name}' is not a valid domain name: it must be non-empty, without '/' or a new line"
+            )));
+        }
+        let mut registry = self.registry_mut();
+        if registry.by_name.contains_key(new_name) {
+            return Err(err(
+                ErrorCode::OperationInvalid,
+                format!("Requested operation is not valid: domain with name '{new_name}' already exists"),
+            ));
+        }
+        let mut def = (*config).clone();
+        def.name = new_name.to_owned();
+        self.save_config(&def)?;
+        let old_file = self.paths.config_file(&old_name);
+        let old_link = self.paths.autostart_link(&old_name);
+        let moved = (|| {
+            if autostart {
+                let link = self.paths.autostart_link(new_name);
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(self.paths.config_file(new_name), &link)
+                    .map_err(|e| io_error("create the autostart link", &link, &e))?;
+            }
+            rvirt_daemon::atomic::remove_durable(&old_file).map_err(|e| io_error("remove", &old_file, &e))
+        })();
+        if let Err(e) = moved {
+            // Back to the old name: the new files go, the old definition stays in force.
+            let _ = std::fs::remove_file(self.paths.autostart_link(new_name));
+            let _ = rvirt_daemon::atomic::remove_durable(&self.paths.config_file(new_name));
+            return Err(e);
+        }
+        if autostart && let Err(e) = rvirt_daemon::atomic::remove_durable(&old_link) {
+            tracing::warn!(link = %old_link.display(), error = %e, "cannot remove the old autostart link");
+        }
+        registry.by_name.remove(&old_name);
+        registry.by_name.insert(new_name.to_owned(), Arc::clone(vm));
+        registry.uuid_to_name.insert(vm.uuid.clone(), new_name.to_owned());
+        let (before, after) = {
+            let mut inner = vm.lock();
+            let before = identity(&vm.uuid, &inner);
+            inner.name = new_name.to_owned();
+            inner.config = Some(Arc::new(def));
+            (before, identity(&vm.uuid, &inner))
+        };
+        drop(registry);
+        self.emit(
+            before,
+            lifecycle(
+                DomainEventType::Undefined,
+                Detail::Undefined(DomainEventUndefinedDetail::Renamed as i32),
+            ),
+        );
+        self.emit(
+            after,
+            lifecycle(
+                DomainEventType::Defined,
+                Detail::Defined(DomainEventDefinedDetail::Renamed as i32),
+            ),
+        );
+        Ok(())
+    }
+
+    /// Sets or (with `value` absent) removes the title, the description or the `<metadata>`
+    /// element of namespace `uri` (written with prefix `key`), in the live domain and/or its
+    /// configuration, and reports a metadata-change event.
+    pub async fn set_metadata(
+        &self,
+        vm: &Arc<Vm>,
+        kind: i32,
+        value: Option<&str>,
+        key: &str,
+        uri: &str,
+        flags: u32,
+    ) -> Result<(), Status> {
+        let kind = metadata_type(kind)?;
+        if kind == DomainMetadataType::Element && uri.is_empty() {
+            return Err(invalid_arg(
+                "a metadata element is named by its namespace URI: give uri",
+            ));
+        }
+        let _job = vm.job.lock().await;
+        let (name, running, config) = {
+            let inner = vm.lock();
+            (inner.name.clone(), inner.run.is_some(), inner.config.clone())
+        };
+        let affect = affect(flags, &name, running, config.is_some())?;
+        // Both changes are checked before either is made.
+        let new_config = match (&config, affect.config) {
+            (Some(config), true) => {
+                let mut def = (**config).clone();
+                apply(&mut def, kind, value, key, uri)?;
+                Some(def)
+            }
+            _ => None,
+        };
+        let new_live = if affect.live {
+            let inner = vm.lock();
+            let mut def = inner
+                .run
+                .as_ref()
+                .map(|r| r.def.clone())
+                .ok_or_else(|| not_running(&name))?;
+            drop(inner);
+            apply(&mut def, kind, value, key, uri)?;
+            Some(def)
+        } else {
+            None
+        };
+        if let Some(def) = new_config {
+            self.save_config(&def)?;
+            vm.lock().config = Some(Arc::new(def));
+        }
+        if let Some(def) = new_live {
+            if let Some(run) = vm.lock().run.as_mut() {
+                run.def = def;
+            }
+            self.write_status(vm);
+        }
+        self.emit(
+            vm.identity(),
+            domain_event::Event::MetadataChange(DomainMetadataChangeEvent {
+                r#type: kind as i32,
+                nsuri: if kind == DomainMetadataType::Element {
+                    uri.to_owned()
+                } else {
+                    String::new()
+                },
+            }),
+        );
+        Ok(())
+    }
+
+    /// The title, the description or the `<metadata>` element of namespace `uri`, from the live
+    /// domain or its configuration; `NO_DOMAIN_METADATA` when it has none.
+    pub fn metadata(&self, vm: &Vm, kind: i32, uri: &str, flags: u32) -> Result<String, Status> {
+        let kind = metadata_type(kind)?;
+        if flags & AFFECT_LIVE != 0 && flags & AFFECT_CONFIG != 0 {
+            return Err(invalid_arg(
+                "LIVE and CONFIG are mutually exclusive here: ask for one",
+            ));
+        }
+        let inner = vm.lock();
+        let affect = affect(flags, &inner.name, inner.run.is_some(), inner.config.is_some())?;
+        let def = if affect.live {
+            inner.run.as_ref().map(|r| &r.def)
+        } else {
+            inner.config.as_deref()
+        }
+        .ok_or_else(|| not_running(&inner.name))?;
+        let found = match kind {
+            DomainMetadataType::Title => def.title.clone(),
+            DomainMetadataType::Description => def.description.clone(),
+            DomainMetadataType::Element => {
+                if uri.is_empty() {
+                    return Err(invalid_arg(
+                        "a metadata element is named by its namespace URI: give uri",
+                    ));
+                }
+                metadata::metadata_element(def.metadata.as_deref(), uri)
+                    .map_err(|e| err(ErrorCode::InternalError, e.to_string()))?
+            }
+        };
+        found.ok_or_else(|| {
+            err(
+                ErrorCode::NoDomainMetadata,
+                "metadata not found: Requested metadata element is not present",
+            )
+        })
+    }
+}
+
+const MEM_MAXIMUM: u32 = DomainMemFlag::Maximum as u32;
+const VCPU_MAXIMUM: u32 = DomainVcpuFlag::Maximum as u32;
+const VCPU_GUEST: u32 = DomainVcpuFlag::Guest as u32;
+const VCPU_HOTPLUGGABLE: u32 = DomainVcpuFlag::Hotpluggable as u32;
+
+/// `<memory>` (with `maximum`) or `<currentMemory>` of a definition set to `kib`, with
+/// libvirt's rules.
+fn set_memory_of(def: &mut DomainDef, kib: u64, maximum: bool) -> Result<(), Status> {
+    if maximum {
+        def.memory.total_kib = kib;
+        def.memory.current_kib = def.memory.current_kib.min(kib);
+    } else {
+        if kib > def.memory.total_kib {
+            return Err(invalid_arg(format!(
+                "cannot set memory higher than max memory ({kib} KiB > {} KiB): raise it first with the MAXIMUM flag",
+                def.memory.total_kib
+            )));
+        }
+        def.memory.current_kib = kib;
+    }
+    Ok(())
+}
+
+/// The vCPU count of a definition set to `count` (`maximum`: the number it has, else the
+/// number online at boot), with libvirt's rules.
+fn set_vcpus_of(def: &mut DomainDef, count: u32, maximum: bool) -> Result<(), Status> {
+    if maximum {
+        def.vcpu.count = count;
+        if def.vcpu.current.is_some_and(|c| c >= count) {
+            def.vcpu.current = None;
+        }
+    } else {
+        if count > def.vcpu.count {
+            return Err(invalid_arg(format!(
+                "requested vcpus is greater than max allowable vcpus for the persistent domain: {count} > {}",
+                def.vcpu.count
+            )));
+        }
+        def.vcpu.current = (count < def.vcpu.count).then_some(count);
+    }
+    Ok(())
+}
+
+impl Domains {
+    /// `virDomainSetMemoryFlags`: the definition's current or (`MAXIMUM`) maximum memory, and a
+    /// running domain's balloon target through QMP `balloon` (the balloon's own event then
+    /// updates the live definition).
+    pub async fn set_memory(&self, vm: &Arc<Vm>, kib: u64, flags: u32) -> Result<(), Status> {
+        let maximum = flags & MEM_MAXIMUM != 0;
+        if kib == 0 {
+            return Err(invalid_arg("the memory size must be more than 0 KiB"));
+        }
+        let _job = vm.job.lock().await;
+        let (name, running, config) = {
+            let inner = vm.lock();
+            (inner.name.clone(), inner.run.is_some(), inner.config.clone())
+        };
+        let affect = affect(flags & !MEM_MAXIMUM, &name, running, config.is_some())?;
+        if maximum && affect.live {
+            return Err(err(
+                ErrorCode::OperationInvalid,
+                format!(
+                    "Requested operation is not valid: cannot resize the maximum memory of active domain '{name}': use CONFIG"
+                ),
+            ));
+        }
+        let new_config = match (&config, affect.config) {
+            (Some(config), true) => {
+                let mut def = (**config).clone();
+                set_memory_of(&mut def, kib, maximum)?;
+                Some(def)
+            }
+            _ => None,
+        };
+        if affect.live {
+            let (qmp, total, balloon) = {
+                let inner = vm.lock();
+                let run = inner.run.as_ref().ok_or_else(|| not_running(&name))?;
+                let balloon = run
+                    .def
+                    .devices
+                    .memballoon()
+                    .is_some_and(|b| b.model != rvirt_conf::domain::MemballoonModel::None);
+                (run.qmp.clone(), run.def.memory.total_kib, balloon)
+            };
+            if !balloon {
+                return Err(err(
+                    ErrorCode::OperationInvalid,
+                    format!(
+                        "Requested operation is not valid: domain '{name}' has no memory balloon device: the memory of a running domain changes only through one"
+                    ),
+                ));
+            }
+            if kib > total {
+                return Err(invalid_arg(format!(
+                    "cannot set memory higher than max memory ({kib} KiB > {total} KiB)"
+                )));
+            }
+            qmp.balloon(kib * 1024).await.map_err(|e| {
+                err(
+                    ErrorCode::OperationFailed,
+                    format!("Unable to change memory of domain '{name}': {e}"),
+                )
+            })?;
+        }
+        if let Some(def) = new_config {
+            self.save_config(&def)?;
+            vm.lock().config = Some(Arc::new(def));
+        }
+        Ok(())
+    }
+
+    /// `virDomainSetVcpusFlags` for the definition: how many vCPUs are online at boot, or
+    /// (`MAXIMUM`) how many it has. Changing a running domain's vCPUs (hotplug) and the guest
+    /// agent's count are not supported.
+    pub async fn set_vcpus(&self, vm: &Arc<Vm>, count: u32, flags: u32) -> Result<(), Status> {
+        if flags & VCPU_GUEST != 0 {
+            return Err(err(
+                ErrorCode::OperationUnsupported,
+                "setting the vCPUs the guest uses needs the guest agent, which is not supported",
+            ));
+        }
+        if count == 0 {
+            return Err(invalid_arg("Argument out of range: can't set 0 processors"));
+        }
+        let maximum = flags & VCPU_MAXIMUM != 0;
+        let _job = vm.job.lock().await;
+        let (name, running, config) = {
+            let inner = vm.lock();
+            (inner.name.clone(), inner.run.is_some(), inner.config.clone())
+        };
+        let affect = affect(
+            flags & !(VCPU_MAXIMUM | VCPU_HOTPLUGGABLE),
+            &name,
+            running,
+            config.is_some(),
+        )?;
+        if affect.live {
+            return Err(err(
+                ErrorCode::OperationUnsupported,
+                format!(
+                    "Operation not supported: changing the vCPUs of running domain '{name}' (vCPU hotplug) is not supported: change the configuration (CONFIG) and restart it"
+                ),
+            ));
+        }
+        let Some(config) = config else {
+            return Err(not_running(&name));
+        };
+        let mut def = (*config).clone();
+        set_vcpus_of(&mut def, count, maximum)?;
+        self.save_config(&def)?;
+        vm.lock().config = Some(Arc::new(def));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def() -> DomainDef {
+        DomainDef::parse_with(
+            "<domain type='qemu'><name>t</name><memory unit='MiB'>512</memory><vcpu>4</vcpu>\
+             <os><type arch='x86_64' machine='q35'>hvm</type></os></domain>",
+            ParseFlags::default(),
+            &QemuDefaults::default(),
+        )
+        .expect("definition")
+    }
+
+    #[test]
+    fn memory_follows_libvirts_rules() {
+        let mut d = def();
+        set_memory_of(&mut d, 256 * 1024, false).expect("lower current");
+        assert_eq!(
+            (d.memory.total_kib, d.memory.current_kib),
+            (512 * 1024, 256 * 1024)
+        );
+        assert!(
+            set_memory_of(&mut d, 1024 * 1024, false).is_err(),
+            "above the maximum"
+        );
+        set_memory_of(&mut d, 128 * 1024, true).expect("lower maximum");
+        assert_eq!(
+            (d.memory.total_kib, d.memory.current_kib),
+            (128 * 1024, 128 * 1024)
+        );
+        set_memory_of(&mut d, 1024 * 1024, true).expect("raise maximum");
+        assert_eq!(
+            (d.memory.total_kib, d.memory.current_kib),
+            (1024 * 1024, 128 * 1024)
+        );
+    }
+
+    #[test]
+    fn vcpus_follow_libvirts_rules() {
+        let mut d = def();
+        set_vcpus_of(&mut d, 2, false).expect("fewer online");
+        assert_eq!((d.vcpu.count, d.vcpu.current), (4, Some(2)));
+        assert!(set_vcpus_of(&mut d, 8, false).is_err(), "above the maximum");
+        set_vcpus_of(&mut d, 8, true).expect("raise maximum");
+        assert_eq!((d.vcpu.count, d.vcpu.current), (8, Some(2)));
+        set_vcpus_of(&mut d, 2, true).expect("lower maximum");
+        assert_eq!((d.vcpu.count, d.vcpu.current), (2, None));
+        set_vcpus_of(&mut d, 2, false).expect("all online");
+        assert_eq!(d.vcpu.current, None);
+    }
+
+    #[test]
+    fn current_means_live_when_running_else_config() {
+        let both = |live, config| Affect { live, config };
+        assert_eq!(affect(0, "d", true, true).expect("running"), both(true, false));
+        assert_eq!(affect(0, "d", false, true).expect("inactive"), both(false, true));
+        assert_eq!(
+            affect(AFFECT_LIVE | AFFECT_CONFIG, "d", true, true).expect("both"),
+            both(true, true)
+        );
+        assert_eq!(
+            rvirt_proto::error::from_status(&affect(AFFECT_LIVE, "d", false, true).expect_err("not running"))
+                .code(),
+            ErrorCode::OperationInvalid
+        );
+        assert!(
+            affect(AFFECT_CONFIG, "d", true, false).is_err(),
+            "transient has no config"
+        );
+        assert!(affect(8, "d", true, true).is_err(), "unknown flag");
+    }
+}
