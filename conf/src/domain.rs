@@ -35,6 +35,7 @@
 mod address;
 mod dom;
 mod format;
+pub mod fragment;
 pub mod machine;
 pub mod metadata;
 pub mod model;

@@ -347,6 +347,34 @@ impl DomainService for QemuDomainService {
         Ok(Response::new(HasDomainManagedSaveResponse::default()))
     }
 
+    async fn attach_domain_device(
+        &self,
+        request: Request<AttachDomainDeviceRequest>,
+    ) -> Result<Response<AttachDomainDeviceResponse>, Status> {
+        let request = request.into_inner();
+        let vm = self.domains.find(request.domain.as_ref())?;
+        self.domains
+            .attach_device(&vm, &request.xml, request.flags)
+            .await?;
+        Ok(Response::new(AttachDomainDeviceResponse {}))
+    }
+
+    async fn detach_domain_device(
+        &self,
+        request: Request<DetachDomainDeviceRequest>,
+    ) -> Result<Response<DetachDomainDeviceResponse>, Status> {
+        use rvirt_proto::v1::detach_domain_device_request::Device as Which;
+        let request = request.into_inner();
+        let vm = self.domains.find(request.domain.as_ref())?;
+        let (xml, alias) = match &request.device {
+            Some(Which::Xml(xml)) => (Some(xml.as_str()), None),
+            Some(Which::Alias(alias)) => (None, Some(alias.as_str())),
+            None => (None, None),
+        };
+        self.domains.detach_device(&vm, xml, alias, request.flags).await?;
+        Ok(Response::new(DetachDomainDeviceResponse {}))
+    }
+
     async fn set_domain_memory(
         &self,
         request: Request<SetDomainMemoryRequest>,

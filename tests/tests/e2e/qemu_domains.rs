@@ -1540,3 +1540,159 @@ async fn memory_and_vcpus_change_in_the_definition_and_through_the_balloon() {
     assert!(err.message().contains("balloon"), "{}", err.message());
     env.destroy("noballoon").await;
 }
+
+/// `virsh attach-device --config` / `detach-device --config`: devices join and leave the
+/// definition with defining's defaults and checks, QEMU starts with what was attached, and
+/// attaching to the running domain (hotplug) is refused as not supported yet.
+#[tokio::test]
+async fn devices_are_attached_to_and_detached_from_the_definition() {
+    if !qemu_present() {
+        return;
+    }
+    const CONFIG: u32 = DomainDeviceModifyFlag::Config as u32;
+    let mut env = Env::new().await;
+    env.define("dev").await;
+    let extra = env.root.path().join("extra.img");
+    std::fs::write(&extra, vec![0u8; 1 << 20]).expect("second disk");
+    let disk = format!(
+        "<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='{}'/>\
+         <target dev='vdb' bus='virtio'/><alias name='ua-extra'/></disk>",
+        extra.display()
+    );
+    let nic = "<interface type='user'><mac address='52:54:00:aa:bb:cc'/><model type='virtio'/></interface>";
+    let attach = |xml: &str, flags: u32| AttachDomainDeviceRequest {
+        domain: Some(by_name("dev")),
+        xml: xml.to_owned(),
+        flags,
+    };
+    env.client
+        .attach_domain_device(attach(&disk, 0))
+        .await
+        .expect("attach a disk");
+    let again = disk.replace("<alias name='ua-extra'/>", "");
+    let err = env
+        .client
+        .attach_domain_device(attach(&again, 0))
+        .await
+        .expect_err("vdb again");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::OperationFailed,
+        "{}",
+        err.message()
+    );
+    env.client
+        .attach_domain_device(attach(nic, CONFIG))
+        .await
+        .expect("attach an interface");
+    let err = env
+        .client
+        .attach_domain_device(attach(nic, 0))
+        .await
+        .expect_err("the MAC again");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::InvalidArg,
+        "{}",
+        err.message()
+    );
+    for (bad, code) in [
+        (
+            "<disk/></devices><on_crash>restart</on_crash><devices>",
+            ErrorCode::XmlError,
+        ),
+        (
+            "<hostdev mode='subsystem' type='pci'/>",
+            ErrorCode::ConfigUnsupported,
+        ),
+        (
+            "<disk type='file' device='disk'><target dev='vdc' bus='virtio'/><bogus/></disk>",
+            ErrorCode::ConfigUnsupported,
+        ),
+    ] {
+        let err = env
+            .client
+            .attach_domain_device(attach(bad, 0))
+            .await
+            .expect_err(bad);
+        assert_eq!(from_status(&err).code(), code, "{bad}: {}", err.message());
+    }
+    let xml = inactive_xml(&mut env, "dev").await;
+    assert!(
+        xml.contains("<target dev='vdb' bus='virtio'/>") && xml.contains("52:54:00:aa:bb:cc"),
+        "{xml}"
+    );
+    assert!(!xml.contains("on_crash>restart"), "{xml}");
+
+    env.start("dev", 0).await;
+    let live = env
+        .client
+        .get_domain_xml(GetDomainXmlRequest {
+            domain: Some(by_name("dev")),
+            flags: 0,
+        })
+        .await
+        .expect("live XML")
+        .into_inner()
+        .xml;
+    assert!(
+        live.contains("<target dev='vdb' bus='virtio'/>"),
+        "QEMU runs with the attached disk: {live}"
+    );
+    let other =
+        "<disk type='file' device='disk'><source file='/dev/null'/><target dev='vdc' bus='virtio'/></disk>";
+    let err = env
+        .client
+        .attach_domain_device(attach(other, 0))
+        .await
+        .expect_err("hotplug");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::OperationUnsupported,
+        "{}",
+        err.message()
+    );
+    env.destroy("dev").await;
+
+    let detach = |device: detach_domain_device_request::Device| DetachDomainDeviceRequest {
+        domain: Some(by_name("dev")),
+        device: Some(device),
+        flags: CONFIG,
+    };
+    env.client
+        .detach_domain_device(detach(detach_domain_device_request::Device::Xml(nic.to_owned())))
+        .await
+        .expect("detach the interface by its MAC");
+    env.client
+        .detach_domain_device(detach(detach_domain_device_request::Device::Alias(
+            "ua-extra".into(),
+        )))
+        .await
+        .expect("detach the disk by its alias");
+    let err = env
+        .client
+        .detach_domain_device(detach(detach_domain_device_request::Device::Xml(disk.clone())))
+        .await
+        .expect_err("already gone");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::DeviceMissing,
+        "{}",
+        err.message()
+    );
+    let xml = inactive_xml(&mut env, "dev").await;
+    assert!(
+        !xml.contains("vdb") && !xml.contains("52:54:00:aa:bb:cc"),
+        "{xml}"
+    );
+
+    // rvirsh's attach-device reaches the same call.
+    let file = env.root.path().join("nic.xml");
+    std::fs::write(&file, nic).expect("device file");
+    let out = rvirsh(
+        &env,
+        &["attach-device", "dev", &file.display().to_string(), "--config"],
+    );
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(inactive_xml(&mut env, "dev").await.contains("52:54:00:aa:bb:cc"));
+}

@@ -2,7 +2,7 @@
 //! description and `<metadata>` elements (`SetDomainMetadata`, `GetDomainMetadata`), with
 //! libvirt's rules and events.
 
-use rvirt_conf::domain::metadata;
+use rvirt_conf::domain::{fragment, metadata};
 
 use super::*;
 
@@ -437,6 +437,237 @@ impl Domains {
         };
         let mut def = (*config).clone();
         set_vcpus_of(&mut def, count, maximum)?;
+        self.save_config(&def)?;
+        vm.lock().config = Some(Arc::new(def));
+        Ok(())
+    }
+}
+
+/// The device elements `AttachDomainDevice` and `DetachDomainDevice` take.
+const DEVICE_ELEMENTS: &[&str] = &[
+    "disk",
+    "controller",
+    "interface",
+    "serial",
+    "console",
+    "graphics",
+    "video",
+    "input",
+    "rng",
+    "watchdog",
+    "memballoon",
+];
+
+/// Checks that `xml` is one device element of a supported kind.
+fn device_fragment(xml: &str) -> Result<fragment::Outline, Status> {
+    let outline = fragment::outline(xml)
+        .map_err(|e| err(ErrorCode::XmlError, format!("Invalid device XML: {}", e.message)))?;
+    if !DEVICE_ELEMENTS.contains(&outline.name.as_str()) {
+        return Err(err(
+            ErrorCode::ConfigUnsupported,
+            format!(
+                "unsupported configuration: <{}> is not a device rvirt attaches (supported: {})",
+                outline.name,
+                DEVICE_ELEMENTS.join(", ")
+            ),
+        ));
+    }
+    Ok(outline)
+}
+
+fn no_hotplug(what: &str, name: &str) -> Status {
+    err(
+        ErrorCode::OperationUnsupported,
+        format!(
+            "Operation not supported: {what} running domain '{name}' (hotplug) is not supported yet: change its configuration (CONFIG) and restart it"
+        ),
+    )
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    err(ErrorCode::InternalError, e.to_string())
+}
+
+impl Domains {
+    /// `def` with the device element `fragment` placed at the end of `<devices>`, parsed as a
+    /// whole: the device gets the defaults, address and alias defining it would give, and an
+    /// invalid device is refused naming its path.
+    fn with_fragment(&self, def: &DomainDef, fragment: &str) -> Result<DomainDef, Status> {
+        let xml = def.format(FormatFlags::default()).map_err(internal)?;
+        let fragment = fragment.trim();
+        // `<devices>` is the last element that can hold this text: search from the end (an
+        // application's `<metadata>` element, earlier, may use the same words).
+        let combined = if let Some(at) = xml.rfind("</devices>") {
+            format!("{}  {fragment}\n  {}", &xml[..at], &xml[at..])
+        } else if let Some(at) = xml.rfind("<devices/>") {
+            let rest = &xml[at + "<devices/>".len()..];
+            format!("{}<devices>\n    {fragment}\n  </devices>{rest}", &xml[..at])
+        } else {
+            let at = xml
+                .rfind("</domain>")
+                .ok_or_else(|| internal("the formatted definition has no </domain>"))?;
+            format!(
+                "{}  <devices>\n    {fragment}\n  </devices>\n{}",
+                &xml[..at],
+                &xml[at..]
+            )
+        };
+        DomainDef::parse_with(&combined, ParseFlags::default(), &self.defaults()).map_err(|e| xml_status(&e))
+    }
+
+    /// The device element `fragment` (of element `name`) parsed alone in an otherwise empty
+    /// copy of `def`, in the domain's context (machine, architecture).
+    fn device_alone(&self, def: &DomainDef, fragment: &str, name: &str) -> Result<Device, Status> {
+        let mut bare = def.clone();
+        bare.devices.list.clear();
+        self.with_fragment(&bare, fragment)?
+            .devices
+            .list
+            .into_iter()
+            .rev()
+            .find(|d| d.element() == name)
+            .ok_or_else(|| internal("the device is missing from the parsed definition"))
+    }
+
+    /// `virDomainAttachDeviceFlags` for the definition of an inactive or running domain (the
+    /// device is there at its next start). A disk whose target or an interface whose MAC is
+    /// already used is refused; attaching to the running domain is not supported yet.
+    pub async fn attach_device(&self, vm: &Arc<Vm>, xml: &str, flags: u32) -> Result<(), Status> {
+        let outline = device_fragment(xml)?;
+        let _job = vm.job.lock().await;
+        let (name, running, config) = {
+            let inner = vm.lock();
+            (inner.name.clone(), inner.run.is_some(), inner.config.clone())
+        };
+        let affect = affect(flags, &name, running, config.is_some())?;
+        if affect.live {
+            return Err(no_hotplug("attaching a device to", &name));
+        }
+        let Some(config) = config else {
+            return Err(not_running(&name));
+        };
+        // The device alone first, so that a clash is reported as libvirt reports it.
+        let wanted = self.device_alone(&config, xml, &outline.name)?;
+        match &wanted {
+            Device::Disk(disk)
+                if config
+                    .devices
+                    .list
+                    .iter()
+                    .any(|d| matches!(d, Device::Disk(o) if o.target == disk.target)) =>
+            {
+                return Err(err(
+                    ErrorCode::OperationFailed,
+                    format!("Operation failed: target {} already exists", disk.target),
+                ));
+            }
+            Device::Interface(net)
+                if config
+                    .devices
+                    .list
+                    .iter()
+                    .any(|d| matches!(d, Device::Interface(o) if o.mac == net.mac)) =>
+            {
+                return Err(invalid_arg(format!(
+                    "network device with mac {} already exists",
+                    net.mac
+                )));
+            }
+            _ => {}
+        }
+        let new = self.with_fragment(&config, xml)?;
+        self.save_config(&new)?;
+        vm.lock().config = Some(Arc::new(new));
+        Ok(())
+    }
+
+    /// `virDomainDetachDeviceFlags` (and `virDomainDetachDeviceAlias`) for the definition: a
+    /// disk is found by its target, an interface by its MAC (or as the only interface), any
+    /// device by its user alias. Detaching from the running domain is not supported yet.
+    pub async fn detach_device(
+        &self,
+        vm: &Arc<Vm>,
+        xml: Option<&str>,
+        alias: Option<&str>,
+        flags: u32,
+    ) -> Result<(), Status> {
+        let outline = xml.map(device_fragment).transpose()?;
+        let _job = vm.job.lock().await;
+        let (name, running, config) = {
+            let inner = vm.lock();
+            (inner.name.clone(), inner.run.is_some(), inner.config.clone())
+        };
+        let affect = affect(flags, &name, running, config.is_some())?;
+        if affect.live {
+            return Err(no_hotplug("detaching a device from", &name));
+        }
+        let Some(config) = config else {
+            return Err(not_running(&name));
+        };
+        let devices = &config.devices.list;
+        let index = match (xml, outline, alias) {
+            (Some(xml), Some(outline), _) => match self.device_alone(&config, xml, &outline.name)? {
+                Device::Disk(disk) => devices
+                    .iter()
+                    .position(|d| matches!(d, Device::Disk(o) if o.target == disk.target))
+                    .ok_or_else(|| {
+                        err(
+                            ErrorCode::DeviceMissing,
+                            format!("no target device {}", disk.target),
+                        )
+                    })?,
+                Device::Interface(net) => {
+                    let nets: Vec<usize> = devices
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, d)| matches!(d, Device::Interface(_)))
+                        .map(|(i, _)| i)
+                        .collect();
+                    if outline.children.iter().any(|c| c == "mac") {
+                        nets.into_iter()
+                            .find(|&i| matches!(&devices[i], Device::Interface(o) if o.mac == net.mac))
+                            .ok_or_else(|| {
+                                err(
+                                    ErrorCode::DeviceMissing,
+                                    format!("no device matching MAC address {} found", net.mac),
+                                )
+                            })?
+                    } else {
+                        match nets.as_slice() {
+                            [one] => *one,
+                            [] => return Err(err(ErrorCode::DeviceMissing, "no interface found")),
+                            _ => {
+                                return Err(err(
+                                    ErrorCode::OperationFailed,
+                                    "multiple interfaces match: name the one to detach by its <mac address>",
+                                ));
+                            }
+                        }
+                    }
+                }
+                other => {
+                    return Err(err(
+                        ErrorCode::OperationUnsupported,
+                        format!(
+                            "Operation not supported: detaching <{}> by its XML is supported for disks and interfaces; detach it by its alias",
+                            other.element()
+                        ),
+                    ));
+                }
+            },
+            (_, _, Some(alias)) if !alias.is_empty() => devices
+                .iter()
+                .position(|d| d.info().and_then(|i| i.alias.as_deref()) == Some(alias))
+                .ok_or_else(|| {
+                    err(
+                        ErrorCode::DeviceMissing,
+                        format!("no device found with alias {alias}"),
+                    )
+                })?,
+            _ => return Err(invalid_arg("name the device to detach by its XML or its alias")),
+        };
+        let mut def = (*config).clone();
+        def.devices.list.remove(index);
         self.save_config(&def)?;
         vm.lock().config = Some(Arc::new(def));
         Ok(())
