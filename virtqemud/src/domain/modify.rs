@@ -197,10 +197,7 @@ impl Domains {
             ));
         }
         let _job = vm.job.lock().await;
-        let (name, running, config) = {
-            let inner = vm.lock();
-            (inner.name.clone(), inner.run.is_some(), inner.config.clone())
-        };
+        let (name, running, config) = snapshot(vm);
         let affect = affect(flags, &name, running, config.is_some())?;
         // Both changes are checked before either is made.
         let new_config = match (&config, affect.config) {
@@ -340,10 +337,7 @@ impl Domains {
             return Err(invalid_arg("the memory size must be more than 0 KiB"));
         }
         let _job = vm.job.lock().await;
-        let (name, running, config) = {
-            let inner = vm.lock();
-            (inner.name.clone(), inner.run.is_some(), inner.config.clone())
-        };
+        let (name, running, config) = snapshot(vm);
         let affect = affect(flags & !MEM_MAXIMUM, &name, running, config.is_some())?;
         if maximum && affect.live {
             return Err(err(
@@ -414,27 +408,9 @@ impl Domains {
         }
         let maximum = flags & VCPU_MAXIMUM != 0;
         let _job = vm.job.lock().await;
-        let (name, running, config) = {
-            let inner = vm.lock();
-            (inner.name.clone(), inner.run.is_some(), inner.config.clone())
-        };
-        let affect = affect(
-            flags & !(VCPU_MAXIMUM | VCPU_HOTPLUGGABLE),
-            &name,
-            running,
-            config.is_some(),
-        )?;
-        if affect.live {
-            return Err(err(
-                ErrorCode::OperationUnsupported,
-                format!(
-                    "Operation not supported: changing the vCPUs of running domain '{name}' (vCPU hotplug) is not supported: change the configuration (CONFIG) and restart it"
-                ),
-            ));
-        }
-        let Some(config) = config else {
-            return Err(not_running(&name));
-        };
+        let (_, config) = config_only(vm, flags & !(VCPU_MAXIMUM | VCPU_HOTPLUGGABLE), |name| {
+            no_hotplug("changing the vCPUs of", name)
+        })?;
         let mut def = (*config).clone();
         set_vcpus_of(&mut def, count, maximum)?;
         self.save_config(&def)?;
@@ -482,6 +458,27 @@ fn no_hotplug(what: &str, name: &str) -> Status {
             "Operation not supported: {what} running domain '{name}' (hotplug) is not supported yet: change its configuration (CONFIG) and restart it"
         ),
     )
+}
+
+/// The name, whether it runs, and the persistent definition of `vm`.
+fn snapshot(vm: &Vm) -> (String, bool, Option<Arc<DomainDef>>) {
+    let inner = vm.lock();
+    (inner.name.clone(), inner.run.is_some(), inner.config.clone())
+}
+
+/// For a change that only the definition takes: the name and definition of `vm`, or
+/// `refusal(name)` when `flags` (or CURRENT on a running domain) reach the running domain.
+fn config_only(
+    vm: &Vm,
+    flags: u32,
+    refusal: impl FnOnce(&str) -> Status,
+) -> Result<(String, Arc<DomainDef>), Status> {
+    let (name, running, config) = snapshot(vm);
+    if affect(flags, &name, running, config.is_some())?.live {
+        return Err(refusal(&name));
+    }
+    let config = config.ok_or_else(|| not_running(&name))?;
+    Ok((name, config))
 }
 
 fn internal(e: impl std::fmt::Display) -> Status {
@@ -535,17 +532,7 @@ impl Domains {
     pub async fn attach_device(&self, vm: &Arc<Vm>, xml: &str, flags: u32) -> Result<(), Status> {
         let outline = device_fragment(xml)?;
         let _job = vm.job.lock().await;
-        let (name, running, config) = {
-            let inner = vm.lock();
-            (inner.name.clone(), inner.run.is_some(), inner.config.clone())
-        };
-        let affect = affect(flags, &name, running, config.is_some())?;
-        if affect.live {
-            return Err(no_hotplug("attaching a device to", &name));
-        }
-        let Some(config) = config else {
-            return Err(not_running(&name));
-        };
+        let (_, config) = config_only(vm, flags, |name| no_hotplug("attaching a device to", name))?;
         // The device alone first, so that a clash is reported as libvirt reports it.
         let wanted = self.device_alone(&config, xml, &outline.name)?;
         match &wanted {
@@ -593,17 +580,7 @@ impl Domains {
     ) -> Result<(), Status> {
         let outline = xml.map(device_fragment).transpose()?;
         let _job = vm.job.lock().await;
-        let (name, running, config) = {
-            let inner = vm.lock();
-            (inner.name.clone(), inner.run.is_some(), inner.config.clone())
-        };
-        let affect = affect(flags, &name, running, config.is_some())?;
-        if affect.live {
-            return Err(no_hotplug("detaching a device from", &name));
-        }
-        let Some(config) = config else {
-            return Err(not_running(&name));
-        };
+        let (_, config) = config_only(vm, flags, |name| no_hotplug("detaching a device from", name))?;
         let devices = &config.devices.list;
         let index = match (xml, outline, alias) {
             (Some(xml), Some(outline), _) => match self.device_alone(&config, xml, &outline.name)? {
