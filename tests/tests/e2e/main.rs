@@ -1,6 +1,7 @@
-//! Every end-to-end test, in one test binary: one link instead of one per area, and one copy
-//! of the harness and its dependencies on disk (a CI machine's disk is not large). Each area is
-//! a module; `cargo nextest` still runs every test in a process of its own.
+//! The end-to-end tests, in one test binary: one link instead of one per area, and one copy of
+//! the harness and its dependencies on disk (a CI machine's disk is not large). Each area is a
+//! module; `cargo nextest` still runs every test in a process of its own. The session test,
+//! which changes the process's environment, is `tests/session.rs`, a binary of its own.
 
 mod guest_image;
 mod networks;
@@ -15,6 +16,5 @@ mod qemu_resources;
 mod runtime;
 mod rvirsh_secrets;
 mod secrets;
-mod session;
 mod storage;
 mod storage_luks;

@@ -1,8 +1,9 @@
 //! Session mode: opening a `*:///session` URI whose daemon is not running starts it, as libvirt's
 //! client does, and waits for its readiness notification.
 //!
-//! This file holds one test on purpose: it sets environment variables, which must happen before
-//! any other thread of the process runs.
+//! This file is a test binary of its own, with one test, on purpose: it sets environment
+//! variables, which must happen before any other thread of the process runs (with `cargo test`,
+//! the tests of one binary share a process).
 
 use nix::sys::signal::Signal;
 use rvirt::Connect;
