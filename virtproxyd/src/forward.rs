@@ -188,6 +188,11 @@ struct Backend {
     /// Set for a remote proxy, dialed over TCP/TLS instead of `socket`.
     remote: Option<crate::remote::RemoteDial>,
     sender: Mutex<Option<SendRequest<Body>>>,
+    /// The session daemon to start when its socket is not there (a session proxy's session
+    /// backends), as libvirt's clients start session daemons.
+    autostart: Option<DaemonId>,
+    /// Held while the daemon is being started, so concurrent calls start it once.
+    starting: tokio::sync::Mutex<()>,
 }
 
 /// Runs the HTTP/2 client handshake on `io` and drives the connection in its own task.
@@ -216,11 +221,13 @@ where
 struct Unreachable(String);
 
 impl Backend {
-    fn new(socket: PathBuf) -> Backend {
+    fn new(socket: PathBuf, autostart: Option<DaemonId>) -> Backend {
         Backend {
             socket,
             remote: None,
             sender: Mutex::new(None),
+            autostart,
+            starting: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -229,6 +236,40 @@ impl Backend {
             socket: PathBuf::new(),
             remote: Some(dial),
             sender: Mutex::new(None),
+            autostart: None,
+            starting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Connects to the backend's socket; a session daemon that is not running is started
+    /// first (once, whatever the number of calls waiting for it).
+    async fn dial_local(&self) -> Result<tokio::net::UnixStream, Unreachable> {
+        let first = tokio::net::UnixStream::connect(&self.socket).await;
+        let Some(daemon) = self.autostart else {
+            return first.map_err(|e| Unreachable(e.to_string()));
+        };
+        match first {
+            Ok(stream) => Ok(stream),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) =>
+            {
+                let _starting = self.starting.lock().await;
+                // Another call may have started it while this one waited.
+                if let Ok(stream) = tokio::net::UnixStream::connect(&self.socket).await {
+                    return Ok(stream);
+                }
+                tracing::info!(daemon = daemon.name, "starting the session daemon");
+                rvirt::autostart::start_session_daemon(daemon, &self.socket)
+                    .await
+                    .map_err(|e| Unreachable(e.message))?;
+                tokio::net::UnixStream::connect(&self.socket)
+                    .await
+                    .map_err(|e| Unreachable(e.to_string()))
+            }
+            Err(e) => Err(Unreachable(e.to_string())),
         }
     }
 
@@ -244,12 +285,7 @@ impl Backend {
     /// Connects anew and pools the connection.
     async fn connect(&self) -> Result<SendRequest<Body>, Unreachable> {
         let sender = match &self.remote {
-            None => {
-                let stream = tokio::net::UnixStream::connect(&self.socket)
-                    .await
-                    .map_err(|e| Unreachable(e.to_string()))?;
-                handshake(stream).await?
-            }
+            None => handshake(self.dial_local().await?).await?,
             Some(dial) => handshake(dial.dial().await.map_err(|e| Unreachable(e.to_string()))?).await?,
         };
         *self
@@ -314,9 +350,10 @@ impl std::fmt::Debug for Forwarder {
 }
 
 impl Forwarder {
-    /// A forwarder sending calls without `rvirt-uri` to
-    /// `default_uri`. Backend connections are made on first use.
-    pub fn new(default_uri: ConnectUri) -> Forwarder {
+    /// A forwarder sending calls without `rvirt-uri` to `default_uri`. Backend connections are
+    /// made on first use; with `start_session_daemons` (a proxy running in session mode), a
+    /// session daemon that is not running is started first.
+    pub fn new(default_uri: ConnectUri, start_session_daemons: bool) -> Forwarder {
         let system = BaseDirs::new(Mode::System);
         let session = BaseDirs::new(Mode::Session);
         let mut backends = HashMap::new();
@@ -331,7 +368,11 @@ impl Forwarder {
                     if backends.contains_key(&key) {
                         continue;
                     }
-                    backends.insert(key, Backend::new(backend_socket(key, &system, &session)));
+                    let autostart = (start_session_daemons && session_instance).then_some(*daemon);
+                    backends.insert(
+                        key,
+                        Backend::new(backend_socket(key, &system, &session), autostart),
+                    );
                 }
             }
         }

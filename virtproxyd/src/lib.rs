@@ -34,7 +34,7 @@ pub const SPEC: DaemonSpec = DaemonSpec {
 /// Builds the daemon's driver.
 pub async fn init(ctx: Arc<DaemonContext>) -> Result<ProxyDriver, String> {
     let default_uri = forward::default_uri(ctx.mode)?;
-    let forwarder = Forwarder::new(default_uri);
+    let forwarder = Forwarder::new(default_uri, ctx.mode == rvirt::paths::Mode::Session);
     let remote = remote::start(&ctx, &forwarder).await?;
     Ok(ProxyDriver {
         forwarder,

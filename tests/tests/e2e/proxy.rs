@@ -479,3 +479,57 @@ async fn client_library_in_legacy_mode_works_through_the_proxy() {
         "the call went through the proxy to virtsecretd"
     );
 }
+
+/// A proxy running in session mode starts the session daemon a call needs, as libvirt's
+/// clients start session daemons, and forwards the call to it.
+#[tokio::test]
+async fn a_session_proxy_starts_the_session_daemon_a_call_needs() {
+    let root = TestRoot::new();
+    rvirt_e2e::binary(SECRETS); // built before the proxy looks for it
+    let runtime = root.path().join("run/user/4343/rvirt");
+    let proxy = DaemonProcess::start_with(
+        PROXY,
+        &root,
+        rvirt_e2e::DaemonOptions {
+            args: vec!["--mode".into(), "session".into()],
+            env: vec![
+                ("XDG_RUNTIME_DIR".into(), "/run/user/4343".into()),
+                ("HOME".into(), root.path().join("home").display().to_string()),
+                (
+                    "RVIRT_DAEMON_DIR".into(),
+                    rvirt_e2e::bin_dir().display().to_string(),
+                ),
+            ],
+            ..rvirt_e2e::DaemonOptions::default()
+        },
+    )
+    .await;
+    let secret_socket = runtime.join("virtsecretd-sock");
+    assert!(!secret_socket.exists());
+    let mut secrets = SecretServiceClient::new(channel(&runtime.join("rvirt-sock")).await);
+    let listed = secrets
+        .list_secrets(at("secret:///session", ListSecretsRequest { flags: 0 }))
+        .await
+        .expect("the session daemon is started for the call")
+        .into_inner();
+    assert!(listed.secrets.is_empty());
+    assert!(secret_socket.exists(), "virtsecretd serves its session socket");
+    let pid: i32 = std::fs::read_to_string(runtime.join("virtsecretd.pid"))
+        .expect("the session daemon's pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    // A second call uses the running daemon.
+    secrets
+        .list_secrets(at("secret:///session", ListSecretsRequest { flags: 0 }))
+        .await
+        .expect("second call");
+    let still: i32 = std::fs::read_to_string(runtime.join("virtsecretd.pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert_eq!(pid, still, "no second daemon");
+    drop(proxy);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+}
