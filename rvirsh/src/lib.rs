@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod devxml;
 pub mod format;
 pub mod help;
 pub mod parse;

@@ -552,6 +552,209 @@ pub(crate) async fn device(sh: &mut Shell, args: &Args, attach: bool) -> CmdResu
     Ok(())
 }
 
+/// Escapes `value` for an XML attribute in single quotes.
+fn attr_escape(value: &str) -> String {
+    value
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\'', "&apos;")
+        .replace('"', "&quot;")
+}
+
+/// The affect flags of a device command, `--persistent` adding CONFIG to a running domain's
+/// change as virsh does.
+fn device_flags(args: &Args, dom: &Domain) -> Result<u32, CmdError> {
+    let mut flags = affect_flags(args)?;
+    if args.flag("persistent") {
+        flags |= DomainDeviceModifyFlag::Config as u32;
+        if dom.id().is_some() {
+            flags |= DomainDeviceModifyFlag::Live as u32;
+        }
+    }
+    Ok(flags)
+}
+
+/// The domain's XML, inactive for a change to the definition only.
+async fn device_source_xml(dom: &Domain, flags: u32) -> Result<String, CmdError> {
+    let live = flags & DomainDeviceModifyFlag::Live as u32 != 0
+        || (flags & DomainDeviceModifyFlag::Config as u32 == 0 && dom.id().is_some());
+    let xml_flags = if live { 0 } else { DomainXmlFlag::Inactive as u32 };
+    Ok(dom.xml_desc(xml_flags).await?)
+}
+
+/// virsh's `attach-disk`: a `<disk>` element from the options.
+pub(crate) fn disk_xml(args: &Args) -> Result<String, CmdError> {
+    let source = args.req("source");
+    let target = args.req("target");
+    let device = args.get("type").unwrap_or("disk");
+    if !matches!(device, "disk" | "cdrom" | "floppy" | "lun") {
+        return Err(CmdError::msg(format!("Unknown disk type '{device}'")));
+    }
+    let source_type = match args.get("sourcetype") {
+        Some(t @ ("file" | "block")) => t,
+        Some(other) => return Err(CmdError::msg(format!("Unknown source type: '{other}'"))),
+        None => {
+            use std::os::unix::fs::FileTypeExt as _;
+            let block = std::fs::metadata(source).is_ok_and(|m| m.file_type().is_block_device());
+            if block { "block" } else { "file" }
+        }
+    };
+    let mut xml = format!("<disk type='{source_type}' device='{device}'>");
+    if args.get("driver").is_some() || args.get("subdriver").is_some() || args.get("cache").is_some() {
+        xml.push_str("<driver");
+        for (attr, opt) in [("name", "driver"), ("type", "subdriver"), ("cache", "cache")] {
+            if let Some(v) = args.get(opt) {
+                xml.push_str(&format!(" {attr}='{}'", attr_escape(v)));
+            }
+        }
+        xml.push_str("/>");
+    }
+    let source_attr = if source_type == "block" { "dev" } else { "file" };
+    xml.push_str(&format!("<source {source_attr}='{}'/>", attr_escape(source)));
+    xml.push_str(&format!("<target dev='{}'", attr_escape(target)));
+    if let Some(bus) = args.get("targetbus") {
+        xml.push_str(&format!(" bus='{}'", attr_escape(bus)));
+    }
+    xml.push_str("/>");
+    match args.get("mode") {
+        Some("readonly") => xml.push_str("<readonly/>"),
+        Some("shareable") => xml.push_str("<shareable/>"),
+        Some(other) => {
+            return Err(CmdError::msg(format!(
+                "No support for {other} in command 'attach-disk'"
+            )));
+        }
+        None => {}
+    }
+    if let Some(serial) = args.get("serial") {
+        xml.push_str(&format!("<serial>{}</serial>", attr_escape(serial)));
+    }
+    xml.push_str("</disk>");
+    Ok(xml)
+}
+
+pub(crate) async fn attach_disk(sh: &mut Shell, args: &Args) -> CmdResult {
+    let xml = disk_xml(args)?;
+    if args.flag("print-xml") {
+        sh.print(&format!("{xml}\n"));
+        return Ok(());
+    }
+    let dom = arg_domain(sh, args).await?;
+    let flags = device_flags(args, &dom)?;
+    dom.attach_device(&xml, flags)
+        .await
+        .map_err(|e| CmdError::with("Failed to attach disk", e))?;
+    sh.print_extra("Disk attached successfully\n");
+    Ok(())
+}
+
+pub(crate) async fn detach_disk(sh: &mut Shell, args: &Args) -> CmdResult {
+    let target = args.req("target");
+    let dom = arg_domain(sh, args).await?;
+    let flags = device_flags(args, &dom)?;
+    let xml = device_source_xml(&dom, flags).await?;
+    let disk = crate::devxml::devices(&xml)
+        .into_iter()
+        .find(|d| d.name == "disk" && d.child_attr("target", "dev") == Some(target))
+        .ok_or_else(|| CmdError::msg(format!("No disk found whose source path or target is {target}")))?;
+    if args.flag("print-xml") {
+        sh.print(&format!("{}\n", disk.xml));
+        return Ok(());
+    }
+    dom.detach_device(&disk.xml, flags)
+        .await
+        .map_err(|e| CmdError::with("Failed to detach disk", e))?;
+    sh.print_extra("Disk detached successfully\n");
+    Ok(())
+}
+
+/// virsh's `attach-interface`: an `<interface>` element from the options.
+pub(crate) fn interface_xml(args: &Args) -> Result<String, CmdError> {
+    let kind = args.req("type");
+    let source = args.get("source");
+    let source_xml = match (kind, source) {
+        ("network", Some(s)) => format!("<source network='{}'/>", attr_escape(s)),
+        ("bridge", Some(s)) => format!("<source bridge='{}'/>", attr_escape(s)),
+        ("user", _) => String::new(),
+        ("network" | "bridge", None) => {
+            return Err(CmdError::msg(format!(
+                "a source is required for an interface of type '{kind}'"
+            )));
+        }
+        (other, _) => {
+            return Err(CmdError::msg(format!(
+                "No support for {other} in command 'attach-interface'"
+            )));
+        }
+    };
+    let mut xml = format!("<interface type='{kind}'>{source_xml}");
+    if let Some(mac) = args.get("mac") {
+        xml.push_str(&format!("<mac address='{}'/>", attr_escape(mac)));
+    }
+    if let Some(target) = args.get("target") {
+        xml.push_str(&format!("<target dev='{}'/>", attr_escape(target)));
+    }
+    if let Some(model) = args.get("model") {
+        xml.push_str(&format!("<model type='{}'/>", attr_escape(model)));
+    }
+    xml.push_str("</interface>");
+    Ok(xml)
+}
+
+pub(crate) async fn attach_interface(sh: &mut Shell, args: &Args) -> CmdResult {
+    let xml = interface_xml(args)?;
+    if args.flag("print-xml") {
+        sh.print(&format!("{xml}\n"));
+        return Ok(());
+    }
+    let dom = arg_domain(sh, args).await?;
+    let flags = device_flags(args, &dom)?;
+    dom.attach_device(&xml, flags)
+        .await
+        .map_err(|e| CmdError::with("Failed to attach interface", e))?;
+    sh.print_extra("Interface attached successfully\n");
+    Ok(())
+}
+
+pub(crate) async fn detach_interface(sh: &mut Shell, args: &Args) -> CmdResult {
+    let kind = args.req("type");
+    let mac = args.get("mac");
+    let dom = arg_domain(sh, args).await?;
+    let flags = device_flags(args, &dom)?;
+    let xml = device_source_xml(&dom, flags).await?;
+    let matching: Vec<_> = crate::devxml::devices(&xml)
+        .into_iter()
+        .filter(|d| d.name == "interface" && d.attr("type") == Some(kind))
+        .filter(|d| {
+            mac.is_none_or(|m| {
+                d.child_attr("mac", "address")
+                    .is_some_and(|a| a.eq_ignore_ascii_case(m))
+            })
+        })
+        .collect();
+    let net = match matching.as_slice() {
+        [one] => one,
+        [] => {
+            return Err(CmdError::msg(match mac {
+                Some(mac) => format!("No interface found whose type is {kind} and MAC address is {mac}"),
+                None => format!("No interface found whose type is {kind}"),
+            }));
+        }
+        more => {
+            return Err(CmdError::msg(format!(
+                "Domain has {} interfaces. Please specify which one to detach using --mac",
+                more.len()
+            )));
+        }
+    };
+    dom.detach_device(&net.xml, flags)
+        .await
+        .map_err(|e| CmdError::with("Failed to detach interface", e))?;
+    sh.print_extra("Interface detached successfully\n");
+    Ok(())
+}
+
 pub(crate) async fn console(sh: &mut Shell, args: &Args) -> CmdResult {
     let dom = arg_domain(sh, args).await?;
     let mut flags = 0;

@@ -155,6 +155,79 @@ pub static COMMANDS: &[CmdDef] = &[
         ]
     ),
     cmd!(
+        "attach-disk",
+        DOMAIN,
+        "attach disk device",
+        "Attach new disk device.",
+        [
+            DOMAIN_OPT,
+            Opt::data("source", "source of disk device or name of network disk"),
+            Opt::data("target", "target of disk device"),
+            Opt::named("targetbus", "target bus of disk device"),
+            Opt::named("driver", "driver of disk device"),
+            Opt::named("subdriver", "subdriver of disk device"),
+            Opt::named("cache", "cache mode of disk device"),
+            Opt::named("type", "target device type"),
+            Opt::named("mode", "mode of device reading and writing"),
+            Opt::named("sourcetype", "type of source (block|file)"),
+            Opt::named("serial", "serial of disk device"),
+            Opt::flag("print-xml", "print XML document rather than attach the disk"),
+            Opt::flag("persistent", "make live change persistent"),
+            CONFIG,
+            LIVE,
+            CURRENT
+        ]
+    ),
+    cmd!(
+        "detach-disk",
+        DOMAIN,
+        "detach disk device",
+        "Detach disk device.",
+        [
+            DOMAIN_OPT,
+            Opt::data("target", "target of disk device"),
+            Opt::flag("print-xml", "print XML document rather than detach the disk"),
+            Opt::flag("persistent", "make live change persistent"),
+            CONFIG,
+            LIVE,
+            CURRENT
+        ]
+    ),
+    cmd!(
+        "attach-interface",
+        DOMAIN,
+        "attach network interface",
+        "Attach new network interface.",
+        [
+            DOMAIN_OPT,
+            Opt::data("type", "network interface type"),
+            Opt::string("source", "source of network interface"),
+            Opt::named("target", "target network name"),
+            Opt::named("mac", "MAC address"),
+            Opt::named("model", "model type"),
+            Opt::flag("print-xml", "print XML document rather than attach the interface"),
+            Opt::flag("persistent", "make live change persistent"),
+            CONFIG,
+            LIVE,
+            CURRENT
+        ]
+    ),
+    cmd!(
+        "detach-interface",
+        DOMAIN,
+        "detach network interface",
+        "Detach network interface.",
+        [
+            DOMAIN_OPT,
+            Opt::data("type", "network interface type"),
+            Opt::named("mac", "MAC address"),
+            Opt::flag("persistent", "make live change persistent"),
+            CONFIG,
+            LIVE,
+            CURRENT
+        ]
+    ),
+    cmd!(
         "domrename",
         DOMAIN,
         "rename a domain",
@@ -1015,6 +1088,10 @@ pub async fn dispatch(sh: &mut Shell, def: &CmdDef, args: &Args) -> CmdResult {
         "attach-device" | "detach-device" => domain::device(sh, args, def.name == "attach-device").await,
         "autostart" => domain::autostart(sh, args).await,
         "domrename" => domain::domrename(sh, args).await,
+        "attach-disk" => domain::attach_disk(sh, args).await,
+        "detach-disk" => domain::detach_disk(sh, args).await,
+        "attach-interface" => domain::attach_interface(sh, args).await,
+        "detach-interface" => domain::detach_interface(sh, args).await,
         "desc" => domain::desc(sh, args).await,
         "metadata" => domain::metadata(sh, args).await,
         "console" => domain::console(sh, args).await,

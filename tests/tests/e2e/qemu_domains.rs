@@ -1696,3 +1696,102 @@ async fn devices_are_attached_to_and_detached_from_the_definition() {
     assert!(out.status.success(), "{}", said(&out));
     assert!(inactive_xml(&mut env, "dev").await.contains("52:54:00:aa:bb:cc"));
 }
+
+/// virsh's `attach-disk`, `detach-disk`, `attach-interface` and `detach-interface`, which build
+/// or find the device's XML themselves, against virtqemud's definitions.
+#[tokio::test]
+async fn rvirsh_attaches_and_detaches_disks_and_interfaces() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    env.define("box").await;
+    let extra = env.root.path().join("box-data.img");
+    std::fs::write(&extra, vec![0u8; 1 << 20]).expect("data disk");
+    let extra = extra.display().to_string();
+    let run = |env: &Env, args: &[&str]| {
+        let out = rvirsh(env, args);
+        assert!(out.status.success(), "{args:?}: {}", said(&out));
+        said(&out)
+    };
+    let printed = run(
+        &env,
+        &[
+            "attach-disk",
+            "box",
+            &extra,
+            "vdb",
+            "--targetbus",
+            "virtio",
+            "--print-xml",
+        ],
+    );
+    assert!(
+        printed.contains(&format!("<source file='{extra}'/>")),
+        "{printed}"
+    );
+    assert!(
+        run(
+            &env,
+            &[
+                "attach-disk",
+                "box",
+                &extra,
+                "vdb",
+                "--targetbus",
+                "virtio",
+                "--config"
+            ]
+        )
+        .contains("Disk attached successfully")
+    );
+    for mac in ["52:54:00:12:34:01", "52:54:00:12:34:02"] {
+        assert!(
+            run(
+                &env,
+                &[
+                    "attach-interface",
+                    "box",
+                    "user",
+                    "--mac",
+                    mac,
+                    "--model",
+                    "virtio",
+                    "--config"
+                ]
+            )
+            .contains("Interface attached successfully")
+        );
+    }
+    let xml = inactive_xml(&mut env, "box").await;
+    assert!(
+        xml.contains("<target dev='vdb' bus='virtio'/>") && xml.contains("52:54:00:12:34:02"),
+        "{xml}"
+    );
+
+    let out = rvirsh(&env, &["detach-interface", "box", "user", "--config"]);
+    assert!(!out.status.success(), "two user interfaces: {}", said(&out));
+    assert!(said(&out).contains("Domain has 2 interfaces"), "{}", said(&out));
+    assert!(
+        run(
+            &env,
+            &[
+                "detach-interface",
+                "box",
+                "user",
+                "--mac",
+                "52:54:00:12:34:01",
+                "--config"
+            ]
+        )
+        .contains("Interface detached successfully")
+    );
+    assert!(run(&env, &["detach-disk", "box", "vdb", "--config"]).contains("Disk detached successfully"));
+    let out = rvirsh(&env, &["detach-disk", "box", "vdb", "--config"]);
+    assert!(said(&out).contains("No disk found"), "{}", said(&out));
+    let xml = inactive_xml(&mut env, "box").await;
+    assert!(
+        !xml.contains("vdb") && !xml.contains("52:54:00:12:34:01") && xml.contains("52:54:00:12:34:02"),
+        "{xml}"
+    );
+}
