@@ -634,19 +634,25 @@ pub(crate) fn disk_xml(args: &Args) -> Result<String, CmdError> {
     Ok(xml)
 }
 
-pub(crate) async fn attach_disk(sh: &mut Shell, args: &Args) -> CmdResult {
-    let xml = disk_xml(args)?;
+/// Attaches the device element `xml` that `attach-disk` or `attach-interface` built (or, with
+/// `--print-xml`, prints it); `what` is `Disk` or `Interface`.
+async fn attach_built(sh: &mut Shell, args: &Args, xml: &str, what: &str) -> CmdResult {
     if args.flag("print-xml") {
         sh.print(&format!("{xml}\n"));
         return Ok(());
     }
     let dom = arg_domain(sh, args).await?;
     let flags = device_flags(args, &dom)?;
-    dom.attach_device(&xml, flags)
+    dom.attach_device(xml, flags)
         .await
-        .map_err(|e| CmdError::with("Failed to attach disk", e))?;
-    sh.print_extra("Disk attached successfully\n");
+        .map_err(|e| CmdError::with(format!("Failed to attach {}", what.to_lowercase()), e))?;
+    sh.print_extra(&format!("{what} attached successfully\n"));
     Ok(())
+}
+
+pub(crate) async fn attach_disk(sh: &mut Shell, args: &Args) -> CmdResult {
+    let xml = disk_xml(args)?;
+    attach_built(sh, args, &xml, "Disk").await
 }
 
 pub(crate) async fn detach_disk(sh: &mut Shell, args: &Args) -> CmdResult {
@@ -704,17 +710,7 @@ pub(crate) fn interface_xml(args: &Args) -> Result<String, CmdError> {
 
 pub(crate) async fn attach_interface(sh: &mut Shell, args: &Args) -> CmdResult {
     let xml = interface_xml(args)?;
-    if args.flag("print-xml") {
-        sh.print(&format!("{xml}\n"));
-        return Ok(());
-    }
-    let dom = arg_domain(sh, args).await?;
-    let flags = device_flags(args, &dom)?;
-    dom.attach_device(&xml, flags)
-        .await
-        .map_err(|e| CmdError::with("Failed to attach interface", e))?;
-    sh.print_extra("Interface attached successfully\n");
-    Ok(())
+    attach_built(sh, args, &xml, "Interface").await
 }
 
 pub(crate) async fn detach_interface(sh: &mut Shell, args: &Args) -> CmdResult {
