@@ -347,6 +347,23 @@ impl DomainService for QemuDomainService {
         Ok(Response::new(HasDomainManagedSaveResponse::default()))
     }
 
+    /// No long-running job (migration, save, dump) exists in virtqemud, so there is never one to
+    /// abort: libvirt's answer when none is active.
+    async fn abort_domain_job(
+        &self,
+        request: Request<AbortDomainJobRequest>,
+    ) -> Result<Response<AbortDomainJobResponse>, Status> {
+        let vm = self.domains.find(request.get_ref().domain.as_ref())?;
+        Err(rvirt_proto::error::status(
+            ErrorCode::OperationInvalid,
+            ErrorDomain::Qemu,
+            format!(
+                "Requested operation is not valid: no job is active on domain '{}'",
+                vm.describe().name
+            ),
+        ))
+    }
+
     async fn attach_domain_device(
         &self,
         request: Request<AttachDomainDeviceRequest>,

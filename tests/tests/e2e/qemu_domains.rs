@@ -1520,6 +1520,20 @@ async fn memory_and_vcpus_change_in_the_definition_and_through_the_balloon() {
         "{}",
         err.message()
     );
+    let err = env
+        .client
+        .abort_domain_job(AbortDomainJobRequest {
+            domain: Some(by_name("mem")),
+            flags: 0,
+        })
+        .await
+        .expect_err("no job to abort");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::OperationInvalid,
+        "{}",
+        err.message()
+    );
     // rvirsh's setmem reaches the same call.
     let out = rvirsh(&env, &["setmem", "mem", "36M", "--live"]);
     assert!(out.status.success(), "{}", said(&out));
