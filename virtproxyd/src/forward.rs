@@ -23,6 +23,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use http::HeaderValue;
 use hyper::client::conn::http2::SendRequest;
@@ -193,6 +194,8 @@ struct Backend {
     autostart: Option<DaemonId>,
     /// Held while the daemon is being started, so concurrent calls start it once.
     starting: tokio::sync::Mutex<()>,
+    /// When the last call was handed to this backend.
+    last_used: Mutex<Option<Instant>>,
 }
 
 /// Runs the HTTP/2 client handshake on `io` and drives the connection in its own task.
@@ -228,6 +231,7 @@ impl Backend {
             sender: Mutex::new(None),
             autostart,
             starting: tokio::sync::Mutex::new(()),
+            last_used: Mutex::new(None),
         }
     }
 
@@ -238,6 +242,7 @@ impl Backend {
             sender: Mutex::new(None),
             autostart: None,
             starting: tokio::sync::Mutex::new(()),
+            last_used: Mutex::new(None),
         }
     }
 
@@ -297,7 +302,29 @@ impl Backend {
 
     /// Sends a call on the pooled connection; a call the connection refused before sending it
     /// (the backend restarted since) goes once more on a fresh connection.
+    /// Drops the pooled connection when no call was handed over for `idle`: the connection
+    /// closes once the calls still running on it (event streams, consoles) end, and the backend
+    /// can then idle-exit. The next call connects again.
+    fn release_if_idle(&self, idle: Duration) -> bool {
+        let last = *self
+            .last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|t| t.elapsed() < idle) {
+            return false;
+        }
+        self.sender
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .is_some()
+    }
+
     async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Body>, Unreachable> {
+        *self
+            .last_used
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Instant::now());
         let mut sender = match self.pooled() {
             Some(sender) => sender,
             None => self.connect().await?,
@@ -390,6 +417,26 @@ impl Forwarder {
                 remotes: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Releases the pooled backend connections (local and remote) that carried no new call for
+    /// `idle`; returns how many.
+    pub fn release_idle(&self, idle: Duration) -> usize {
+        let local = self
+            .inner
+            .backends
+            .values()
+            .filter(|b| b.release_if_idle(idle))
+            .count();
+        let remotes: Vec<Arc<Backend>> = self
+            .inner
+            .remotes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        local + remotes.iter().filter(|b| b.release_if_idle(idle)).count()
     }
 
     /// Forwards one call to service `service`.

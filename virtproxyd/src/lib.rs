@@ -36,11 +36,37 @@ pub async fn init(ctx: Arc<DaemonContext>) -> Result<ProxyDriver, String> {
     let default_uri = forward::default_uri(ctx.mode)?;
     let forwarder = Forwarder::new(default_uri, ctx.mode == rvirt::paths::Mode::Session);
     let remote = remote::start(&ctx, &forwarder).await?;
+    release_idle_backends(&ctx, forwarder.clone());
     Ok(ProxyDriver {
         forwarder,
         remote,
         ctx: Arc::downgrade(&ctx),
     })
+}
+
+/// How long a pooled backend connection may carry no new call before the proxy lets it go, so
+/// that a backend started with `--timeout` can exit when idle (libvirt's proxy holds a backend
+/// connection per client connection; this one shares one between all its clients).
+pub const BACKEND_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Checks every few seconds for backend connections idle for [`BACKEND_IDLE`], until the
+/// daemon shuts down.
+fn release_idle_backends(ctx: &Arc<DaemonContext>, forwarder: Forwarder) {
+    let mut stop = ctx.shutdown_requested();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(BACKEND_IDLE / 3);
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tick.tick() => {
+                    let released = forwarder.release_idle(BACKEND_IDLE);
+                    if released > 0 {
+                        tracing::debug!(released, "idle backend connections released");
+                    }
+                }
+            }
+        }
+    });
 }
 
 /// The proxy's driver: the forwarding services.

@@ -533,3 +533,34 @@ async fn a_session_proxy_starts_the_session_daemon_a_call_needs() {
     drop(proxy);
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
 }
+
+/// The proxy lets go of a backend connection that carried no call for a while, so a backend
+/// started with `--timeout` exits when idle even while the proxy runs, and the next call
+/// connects again.
+#[tokio::test]
+async fn an_idle_backend_connection_is_released_so_the_backend_can_exit() {
+    let root = TestRoot::new();
+    let idle_exit = || rvirt_e2e::DaemonOptions {
+        args: vec!["--timeout".into(), "1".into()],
+        ..rvirt_e2e::DaemonOptions::default()
+    };
+    let mut secretd = DaemonProcess::start_with(SECRETS, &root, idle_exit()).await;
+    let _proxy = DaemonProcess::start(PROXY, &root).await;
+    let mut secrets = SecretServiceClient::new(proxy_channel(&root).await);
+    secrets
+        .list_secrets(at("secret:///system", ListSecretsRequest { flags: 0 }))
+        .await
+        .expect("a call through the proxy");
+    // Idle for the proxy's BACKEND_IDLE (30 s) plus its check interval, then the backend's own
+    // second: well within this deadline.
+    let exited = secretd.wait_exit(std::time::Duration::from_secs(120)).await;
+    assert!(
+        exited.is_some(),
+        "virtsecretd did not exit: the proxy kept its connection"
+    );
+    let _secretd = DaemonProcess::start_with(SECRETS, &root, idle_exit()).await;
+    secrets
+        .list_secrets(at("secret:///system", ListSecretsRequest { flags: 0 }))
+        .await
+        .expect("the next call connects again");
+}
