@@ -392,6 +392,18 @@ impl DomainService for QemuDomainService {
         Ok(Response::new(DetachDomainDeviceResponse {}))
     }
 
+    async fn update_domain_device(
+        &self,
+        request: Request<UpdateDomainDeviceRequest>,
+    ) -> Result<Response<UpdateDomainDeviceResponse>, Status> {
+        let request = request.into_inner();
+        let vm = self.domains.find(request.domain.as_ref())?;
+        self.domains
+            .update_device(&vm, &request.xml, request.flags)
+            .await?;
+        Ok(Response::new(UpdateDomainDeviceResponse {}))
+    }
+
     async fn set_domain_memory(
         &self,
         request: Request<SetDomainMemoryRequest>,

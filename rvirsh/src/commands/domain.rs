@@ -675,6 +675,90 @@ pub(crate) async fn detach_disk(sh: &mut Shell, args: &Args) -> CmdResult {
     Ok(())
 }
 
+/// virsh's `change-media`: the CD-ROM named by target or source path gets a new medium
+/// (`--insert`, `--update`) or none (`--eject`), through UpdateDomainDevice.
+pub(crate) async fn change_media(sh: &mut Shell, args: &Args) -> CmdResult {
+    let actions = ["eject", "insert", "update"]
+        .into_iter()
+        .filter(|a| args.flag(a))
+        .collect::<Vec<_>>();
+    let action = match actions.as_slice() {
+        [] => "update",
+        [one] => *one,
+        _ => {
+            return Err(CmdError::msg(
+                "Options --eject, --insert and --update are mutually exclusive",
+            ));
+        }
+    };
+    let source = args.get("source");
+    if action != "eject" && source.is_none() {
+        return Err(CmdError::msg(format!(
+            "No source is specified for {action} media"
+        )));
+    }
+    let path = args.req("path");
+    let dom = arg_domain(sh, args).await?;
+    let mut flags = affect_flags(args)?;
+    if args.flag("force") {
+        flags |= DomainDeviceModifyFlag::Force as u32;
+    }
+    let xml = device_source_xml(&dom, flags).await?;
+    let drive = crate::devxml::devices(&xml)
+        .into_iter()
+        .find(|d| {
+            d.name == "disk"
+                && (d.child_attr("target", "dev") == Some(path)
+                    || d.child_attr("source", "file") == Some(path)
+                    || d.child_attr("source", "dev") == Some(path))
+        })
+        .ok_or_else(|| CmdError::msg(format!("No disk found whose source path or target is {path}")))?;
+    let device = drive.attr("device").unwrap_or("disk");
+    if device != "cdrom" && device != "floppy" {
+        return Err(CmdError::msg(format!(
+            "The disk device '{path}' is not removable"
+        )));
+    }
+    let target = drive.child_attr("target", "dev").unwrap_or_default();
+    let mut disk = format!("<disk type='file' device='{device}'>");
+    if let Some(format) = drive.child_attr("driver", "type") {
+        disk.push_str(&format!("<driver name='qemu' type='{}'/>", attr_escape(format)));
+    }
+    if action != "eject"
+        && let Some(source) = source
+    {
+        disk.push_str(&format!("<source file='{}'/>", attr_escape(source)));
+    }
+    disk.push_str(&format!("<target dev='{}'", attr_escape(target)));
+    if let Some(bus) = drive.child_attr("target", "bus") {
+        disk.push_str(&format!(" bus='{}'", attr_escape(bus)));
+    }
+    disk.push_str("/><readonly/></disk>");
+    if args.flag("print-xml") {
+        sh.print(&format!("{disk}\n"));
+        return Ok(());
+    }
+    let (failed, done) = match action {
+        "eject" => (
+            "Failed to complete action eject on media",
+            "Successfully ejected media.",
+        ),
+        "insert" => (
+            "Failed to complete action insert on media",
+            "Successfully inserted media.",
+        ),
+        _ => (
+            "Failed to complete action update on media",
+            "Successfully updated media.",
+        ),
+    };
+    dom.update_device(&disk, flags)
+        .await
+        .map_err(|e| CmdError::with(failed, e))?;
+    sh.print_extra(&format!("{done}\n"));
+    Ok(())
+}
+
 /// virsh's `attach-interface`: an `<interface>` element from the options.
 pub(crate) fn interface_xml(args: &Args) -> Result<String, CmdError> {
     let kind = args.req("type");

@@ -228,6 +228,25 @@ pub static COMMANDS: &[CmdDef] = &[
         ]
     ),
     cmd!(
+        "change-media",
+        DOMAIN,
+        "Change media of CD or floppy drive",
+        "Change media of CD or floppy drive.",
+        [
+            DOMAIN_OPT,
+            Opt::data("path", "Fully-qualified path or target of disk device"),
+            Opt::string("source", "source of the media"),
+            Opt::flag("eject", "Eject the media"),
+            Opt::flag("insert", "Insert the media"),
+            Opt::flag("update", "Update the media"),
+            CURRENT,
+            LIVE,
+            CONFIG,
+            Opt::flag("force", "force media changing"),
+            Opt::flag("print-xml", "print XML document rather than change media")
+        ]
+    ),
+    cmd!(
         "domrename",
         DOMAIN,
         "rename a domain",
@@ -1089,6 +1108,7 @@ pub async fn dispatch(sh: &mut Shell, def: &CmdDef, args: &Args) -> CmdResult {
         "autostart" => domain::autostart(sh, args).await,
         "domrename" => domain::domrename(sh, args).await,
         "attach-disk" => domain::attach_disk(sh, args).await,
+        "change-media" => domain::change_media(sh, args).await,
         "detach-disk" => domain::detach_disk(sh, args).await,
         "attach-interface" => domain::attach_interface(sh, args).await,
         "detach-interface" => domain::detach_interface(sh, args).await,

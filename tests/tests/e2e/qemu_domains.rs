@@ -1809,3 +1809,116 @@ async fn rvirsh_attaches_and_detaches_disks_and_interfaces() {
         "{xml}"
     );
 }
+
+/// virsh `change-media` through UpdateDomainDevice: a running guest's CD-ROM gets a medium
+/// from QEMU (a missing file is QEMU's error), is ejected, and the definition changes apart;
+/// other devices are not updated.
+#[tokio::test]
+async fn a_cdrom_medium_is_inserted_and_ejected_live_and_in_the_definition() {
+    if !qemu_present() {
+        return;
+    }
+    const LIVE: u32 = DomainDeviceModifyFlag::Live as u32;
+    const CONFIG: u32 = DomainDeviceModifyFlag::Config as u32;
+    let mut env = Env::new().await;
+    let disk = env.disk("cd");
+    let cdrom = "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><target dev='hdc' bus='ide'/><readonly/></disk>";
+    let xml = guest::domain_xml("cd", &disk, "qemu", SerialKind::Pty)
+        .replace("</devices>", &format!("{cdrom}\n</devices>"));
+    env.client
+        .define_domain_xml(DefineDomainXmlRequest { xml, flags: 0 })
+        .await
+        .expect("define with an empty CD-ROM");
+    let iso = env.root.path().join("media.iso");
+    std::fs::write(&iso, vec![0u8; 64 * 1024]).expect("medium");
+    let medium = |path: &str| {
+        format!(
+            "<disk type='file' device='cdrom'><driver name='qemu' type='raw'/><source file='{path}'/><target dev='hdc' bus='ide'/><readonly/></disk>"
+        )
+    };
+    let update = |xml: String, flags: u32| UpdateDomainDeviceRequest {
+        domain: Some(by_name("cd")),
+        xml,
+        flags,
+    };
+    env.start("cd", 0).await;
+    let iso_path = iso.display().to_string();
+    env.client
+        .update_domain_device(update(medium(&iso_path), LIVE))
+        .await
+        .expect("insert a medium into the running guest's drive");
+    let live = |env: &mut Env| {
+        let mut client = env.client.clone();
+        async move {
+            client
+                .get_domain_xml(GetDomainXmlRequest {
+                    domain: Some(by_name("cd")),
+                    flags: 0,
+                })
+                .await
+                .expect("live XML")
+                .into_inner()
+                .xml
+        }
+    };
+    assert!(live(&mut env).await.contains(&iso_path));
+    assert!(
+        !inactive_xml(&mut env, "cd").await.contains(&iso_path),
+        "LIVE leaves the definition"
+    );
+    let err = env
+        .client
+        .update_domain_device(update(medium("/nonexistent/media.iso"), LIVE))
+        .await
+        .expect_err("QEMU cannot open it");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::OperationFailed,
+        "{}",
+        err.message()
+    );
+    env.client
+        .update_domain_device(update(cdrom.to_owned(), LIVE))
+        .await
+        .expect("eject");
+    assert!(!live(&mut env).await.contains(&iso_path));
+    let vda = format!(
+        "<disk type='file' device='disk'><source file='{}'/><target dev='vda' bus='virtio'/></disk>",
+        disk.display()
+    );
+    let err = env
+        .client
+        .update_domain_device(update(vda, LIVE))
+        .await
+        .expect_err("not a CD-ROM");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::OperationUnsupported,
+        "{}",
+        err.message()
+    );
+    // rvirsh's change-media builds the same call from the drive it finds in the live XML.
+    let out = rvirsh(
+        &env,
+        &["change-media", "cd", "hdc", &iso_path, "--insert", "--live"],
+    );
+    assert!(
+        said(&out).contains("Successfully inserted media."),
+        "{}",
+        said(&out)
+    );
+    assert!(live(&mut env).await.contains(&iso_path));
+    env.destroy("cd").await;
+    env.client
+        .update_domain_device(update(medium(&iso_path), CONFIG))
+        .await
+        .expect("the medium in the definition");
+    assert!(inactive_xml(&mut env, "cd").await.contains(&iso_path));
+    let out = rvirsh(&env, &["change-media", "cd", &iso_path, "--eject", "--config"]);
+    assert!(
+        said(&out).contains("Successfully ejected media."),
+        "{}",
+        said(&out)
+    );
+    assert!(!inactive_xml(&mut env, "cd").await.contains(&iso_path));
+}

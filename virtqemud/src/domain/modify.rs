@@ -2,7 +2,7 @@
 //! description and `<metadata>` elements (`SetDomainMetadata`, `GetDomainMetadata`), with
 //! libvirt's rules and events.
 
-use rvirt_conf::domain::{fragment, metadata};
+use rvirt_conf::domain::{DiskSource, fragment, metadata};
 
 use super::*;
 
@@ -647,6 +647,140 @@ impl Domains {
         def.devices.list.remove(index);
         self.save_config(&def)?;
         vm.lock().config = Some(Arc::new(def));
+        Ok(())
+    }
+}
+
+const DEVICE_FORCE: u32 = DomainDeviceModifyFlag::Force as u32;
+
+fn media_only() -> Status {
+    err(
+        ErrorCode::OperationUnsupported,
+        "Operation not supported: UpdateDomainDevice changes the medium of a CD-ROM (<disk device='cdrom'> with its target and new source, or none to eject); other devices cannot be updated",
+    )
+}
+
+/// Puts `new`'s medium (source and format) into the CD-ROM of `def` with the same target;
+/// returns that CD-ROM's alias.
+fn change_medium(def: &mut DomainDef, new: &rvirt_conf::domain::Disk) -> Result<Option<String>, Status> {
+    let disk = def
+        .devices
+        .list
+        .iter_mut()
+        .find_map(|d| match d {
+            Device::Disk(disk) if disk.target == new.target => Some(disk),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            err(
+                ErrorCode::DeviceMissing,
+                format!("no target device {}", new.target),
+            )
+        })?;
+    if disk.device != rvirt_conf::domain::DiskDevice::Cdrom {
+        return Err(media_only());
+    }
+    disk.source = new.source.clone();
+    disk.driver.format = new.driver.format;
+    Ok(disk.info.alias.clone())
+}
+
+impl Domains {
+    /// `virDomainUpdateDeviceFlags` for CD-ROM media (virsh `change-media`): the definition's
+    /// source changes, and a running domain's drive gets the new medium through QMP
+    /// `blockdev-change-medium`, or is ejected (`eject`, with `FORCE` even if the guest locked
+    /// the tray).
+    pub async fn update_device(&self, vm: &Arc<Vm>, xml: &str, flags: u32) -> Result<(), Status> {
+        let outline = device_fragment(xml)?;
+        if outline.name != "disk" {
+            return Err(media_only());
+        }
+        let _job = vm.job.lock().await;
+        let (name, running, config) = snapshot(vm);
+        let affect = affect(flags & !DEVICE_FORCE, &name, running, config.is_some())?;
+        let live = if affect.live {
+            let inner = vm.lock();
+            let run = inner.run.as_ref().ok_or_else(|| not_running(&name))?;
+            Some((run.def.clone(), run.qmp.clone()))
+        } else {
+            None
+        };
+        let context = match (&live, &config) {
+            (Some((def, _)), _) => def.clone(),
+            (None, Some(config)) => (**config).clone(),
+            (None, None) => return Err(not_running(&name)),
+        };
+        let Device::Disk(new) = self.device_alone(&context, xml, "disk")? else {
+            return Err(internal("the parsed device is not a disk"));
+        };
+        if new.device != rvirt_conf::domain::DiskDevice::Cdrom {
+            return Err(media_only());
+        }
+        let path = match &new.source {
+            None => None,
+            Some(DiskSource::File(path) | DiskSource::Block(path)) => Some(path.clone()),
+            Some(DiskSource::Volume { .. }) => {
+                return Err(err(
+                    ErrorCode::OperationUnsupported,
+                    "Operation not supported: a storage volume as a CD-ROM medium: give its path",
+                ));
+            }
+        };
+        // Both definitions are checked before either changes.
+        let new_config = match (&config, affect.config) {
+            (Some(config), true) => {
+                let mut def = (**config).clone();
+                change_medium(&mut def, &new)?;
+                Some(def)
+            }
+            _ => None,
+        };
+        if let Some((mut def, qmp)) = live {
+            let alias = change_medium(&mut def, &new)?
+                .ok_or_else(|| internal(format!("the CD-ROM {} has no alias", new.target)))?;
+            let result = match &path {
+                Some(path) => {
+                    let format = new
+                        .driver
+                        .format
+                        .map_or("raw", rvirt_conf::domain::XmlEnum::as_str);
+                    qmp.execute_raw(
+                        "blockdev-change-medium",
+                        serde_json::json!({
+                            "id": alias,
+                            "filename": path,
+                            "format": format,
+                            "force": flags & DEVICE_FORCE != 0,
+                        }),
+                    )
+                    .await
+                }
+                None => {
+                    qmp.execute_raw(
+                        "eject",
+                        serde_json::json!({ "id": alias, "force": flags & DEVICE_FORCE != 0 }),
+                    )
+                    .await
+                }
+            };
+            result.map_err(|e| {
+                err(
+                    ErrorCode::OperationFailed,
+                    format!(
+                        "Operation failed: cannot change the medium of {} in domain '{name}': {e}",
+                        new.target
+                    ),
+                )
+            })?;
+            if let Some(run) = vm.lock().run.as_mut() {
+                run.def = def;
+            }
+            self.write_status(vm);
+        }
+        if let Some(def) = new_config {
+            self.save_config(&def)?;
+            vm.lock().config = Some(Arc::new(def));
+        }
         Ok(())
     }
 }
