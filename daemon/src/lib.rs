@@ -25,6 +25,7 @@ pub mod atomic;
 pub mod clients;
 pub mod config;
 pub mod host;
+pub mod launch;
 pub mod listen;
 pub mod logging;
 

@@ -16,9 +16,8 @@
 
 use std::os::fd::AsRawFd as _;
 use std::os::unix::fs::FileExt as _;
-use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rvirt::connect::GrpcTransport;
@@ -29,54 +28,9 @@ use rvirt_proto::v1::*;
 
 type Vols = StorageVolServiceClient<GrpcTransport>;
 
-/// A daemon this benchmark started; killed when dropped.
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bin_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("RVIRT_BIN_DIR") {
-        return PathBuf::from(dir);
-    }
-    // target/release/deps/stream_throughput-… → target/release
-    let exe = std::env::current_exe().expect("this binary");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("target directory")
-}
-
-fn start(name: &str, root: &Path) -> Daemon {
-    let program = bin_dir().join(name);
-    let notify_path = root.join(format!("notify-{name}"));
-    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
-    notify
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("notify timeout");
-    let child = Command::new(&program)
-        .env("RVIRT_ROOT", root)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("RVIRT_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e} (build it first)", program.display()));
-    let daemon = Daemon { child };
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = notify.recv(&mut buf).expect("readiness");
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
-            return daemon;
-        }
-    }
+/// Starts daemon `name` in `root` and waits for its readiness.
+fn start(name: &str, root: &Path) -> rvirt_daemon::launch::Launched {
+    rvirt_daemon::launch::start_ready(name, root, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn vol_ref(name: &str) -> Option<StorageVolRef> {

@@ -9,9 +9,8 @@
 //! cargo build --release -p virtsecretd -p virtproxyd && target/release/proxy-bench [--calls N]
 //! ```
 
-use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rvirt_proto::v1::GetTypeRequest;
@@ -19,56 +18,6 @@ use rvirt_proto::v1::host_service_client::HostServiceClient;
 use tonic::transport::Channel;
 
 const WARMUP: usize = 500;
-
-/// A daemon this benchmark started; killed when dropped.
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bin_dir() -> Result<PathBuf, String> {
-    if let Some(dir) = std::env::var_os("RVIRT_BIN_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-    exe.parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| "this binary has no directory".to_owned())
-}
-
-fn start(name: &str, root: &Path) -> Result<Daemon, String> {
-    let program = bin_dir()?.join(name);
-    let notify_path = root.join(format!("notify-{name}"));
-    let notify = UnixDatagram::bind(&notify_path).map_err(|e| format!("notify socket: {e}"))?;
-    notify
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| format!("notify socket: {e}"))?;
-    let child = Command::new(&program)
-        .env("RVIRT_ROOT", root)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("RVIRT_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e} (build it first)", program.display()))?;
-    let daemon = Daemon { child };
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = notify
-            .recv(&mut buf)
-            .map_err(|e| format!("{name} did not notify readiness: {e}"))?;
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
-            return Ok(daemon);
-        }
-    }
-}
 
 /// One measured configuration.
 struct Row {
@@ -183,10 +132,10 @@ fn run(calls: usize) -> Result<(), String> {
         .prefix("rvirt-bench-")
         .tempdir()
         .map_err(|e| format!("temporary root: {e}"))?;
-    let secrets = start("virtsecretd", root.path())?;
-    let proxy_daemon = start("virtproxyd", root.path())?;
-    let secrets_pid = Some(secrets.child.id());
-    let proxy_pid = Some(proxy_daemon.child.id());
+    let secrets = rvirt_daemon::launch::start_ready("virtsecretd", root.path(), Duration::from_secs(30))?;
+    let proxy_daemon = rvirt_daemon::launch::start_ready("virtproxyd", root.path(), Duration::from_secs(30))?;
+    let secrets_pid = Some(secrets.pid());
+    let proxy_pid = Some(proxy_daemon.pid());
     let run_dir = root.path().join("run/rvirt");
     let direct = run_dir.join("virtsecretd-sock");
     let proxy = run_dir.join("rvirt-sock");

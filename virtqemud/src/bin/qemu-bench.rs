@@ -21,10 +21,10 @@
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::fd::AsRawFd as _;
-use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use rvirt_proto::v1::domain_ref::Key;
@@ -79,57 +79,6 @@ fn domain_xml(name: &str) -> String {
 </domain>
 "
     )
-}
-
-/// The daemon this benchmark started; killed when dropped.
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn bin_dir() -> Result<PathBuf, String> {
-    if let Some(dir) = std::env::var_os("RVIRT_BIN_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
-    exe.parent()
-        .map(Path::to_path_buf)
-        .ok_or_else(|| "this binary has no directory".to_owned())
-}
-
-/// Starts daemon `name` in `root` and waits for `READY=1` on a notification socket it owns.
-fn start_daemon(name: &str, root: &Path) -> Result<Daemon, String> {
-    let program = bin_dir()?.join(name);
-    let notify_path = root.join(format!("notify-{name}"));
-    let notify = UnixDatagram::bind(&notify_path).map_err(|e| format!("notify socket: {e}"))?;
-    notify
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .map_err(|e| format!("notify socket: {e}"))?;
-    let child = Command::new(&program)
-        .env("RVIRT_ROOT", root)
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("RVIRT_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .map_err(|e| format!("cannot start {}: {e} (build it first)", program.display()))?;
-    let daemon = Daemon { child };
-    let mut buf = [0u8; 4096];
-    loop {
-        let n = notify
-            .recv(&mut buf)
-            .map_err(|e| format!("{name} did not notify readiness: {e}"))?;
-        if String::from_utf8_lossy(&buf[..n]).lines().any(|l| l == "READY=1") {
-            return Ok(daemon);
-        }
-    }
 }
 
 /// Resident memory of `pid` in KiB (`VmRSS` of `/proc/<pid>/status`).
@@ -693,7 +642,7 @@ fn run(domains: usize, starts: usize) -> Result<(), String> {
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
     let results = {
-        let daemon = start_daemon(SPEC.name, root.path())?;
+        let daemon = rvirt_daemon::launch::start_ready(SPEC.name, root.path(), Duration::from_secs(30))?;
         // Where the daemon binds in this root: system mode for root, session mode otherwise.
         let mode = rvirt::paths::Mode::for_current_user();
         let env = |name: &str| {
@@ -704,7 +653,7 @@ fn run(domains: usize, starts: usize) -> Result<(), String> {
         let base = rvirt::paths::BaseDirs::from_env(mode, Some(root.path().to_path_buf()), &env);
         let socket =
             rvirt::paths::DaemonPaths::new(&base, mode, SPEC.name, SPEC.sockets, SPEC.driver).rw_socket;
-        let results = runtime.block_on(measure(&socket, daemon.child.id(), &scratch, domains, starts));
+        let results = runtime.block_on(measure(&socket, daemon.pid(), &scratch, domains, starts));
         drop(daemon);
         results
     };
