@@ -3,6 +3,7 @@
 //! and talks to them over their real sockets.
 
 pub mod guest;
+pub mod netns;
 pub mod qemu;
 
 use std::os::fd::{AsRawFd as _, RawFd};

@@ -4,10 +4,11 @@
 //! namespace plays a guest, joined to the bridge by a veth pair, and asks for a DHCP lease with
 //! busybox's `udhcpc`. Nothing touches the host's own interfaces, routes or rule sets.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use rvirt_e2e::netns::{Netns, check};
 use rvirt_e2e::{DAEMON_DEADLINE, DaemonOptions, DaemonProcess, TestRoot, channel};
 use rvirt_proto::v1::network_service_client::NetworkServiceClient;
 use rvirt_proto::v1::*;
@@ -23,68 +24,15 @@ const XML: &str = "<network><name>e2e</name><forward mode='nat'/><bridge name='r
     <range start='192.168.150.10' end='192.168.150.99'/></dhcp></ip></network>";
 const LEASE_DEADLINE: Duration = Duration::from_secs(60);
 
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-}
-
-fn check(program: &str, args: &[&str]) -> String {
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace this test created; its processes are killed and it is deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!(
-            "rvirt-test-{:x}-{:x}-{}",
-            std::process::id(),
-            nanos,
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        check("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        check("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) -> Output {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        let mut all = vec!["netns", "exec", self.name.as_str()];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        String::from_utf8_lossy(&run("ip", &["netns", "pids", &self.name]).stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    }
-
+/// What these tests ask of a namespace beyond the harness's [`Netns`].
+trait NetnsExt {
     /// The pids of the live dnsmasq processes in the namespace.
+    fn dnsmasq_pids(&self) -> Vec<u32>;
+    /// Whether nftables table `ip <table>` exists in the namespace.
+    fn has_table(&self, table: &str) -> bool;
+}
+
+impl NetnsExt for Netns {
     fn dnsmasq_pids(&self) -> Vec<u32> {
         self.pids()
             .into_iter()
@@ -99,21 +47,8 @@ impl Netns {
             .collect()
     }
 
-    fn has_link(&self, name: &str) -> bool {
-        self.ip(&["link", "show", "dev", name]).status.success()
-    }
-
     fn has_table(&self, table: &str) -> bool {
         self.exec(&["nft", "list", "table", "ip", table]).status.success()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-        let _ = run("ip", &["netns", "del", &self.name]);
     }
 }
 

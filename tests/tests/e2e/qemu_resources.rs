@@ -9,11 +9,10 @@
 //! interfaces. A [`Reaper`] kills every QEMU a test's daemon left running.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::Signal;
 use rvirt_e2e::guest::{self, SerialKind, Transcript};
+use rvirt_e2e::netns::{Netns, check};
 use rvirt_e2e::qemu::{Reaper, qemu_present, status_pid};
 use rvirt_e2e::{DaemonOptions, DaemonProcess, TestRoot, channel};
 use rvirt_proto::v1::domain_service_client::DomainServiceClient;
@@ -31,59 +30,15 @@ const BRIDGE: &str = "rvqbr0";
 const GUEST_MAC: &str = "52:54:00:5e:11:22";
 const TAP_MAC: &str = "fe:54:00:5e:11:22";
 
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
-}
-
-fn check(program: &str, args: &[&str]) -> String {
-    let out = run(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace this test created; its processes are killed and it is deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Netns {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!(
-            "rvirt-test-q{:x}-{:x}-{}",
-            std::process::id(),
-            nanos,
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        check("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        check("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) -> Output {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    fn has_link(&self, name: &str) -> bool {
-        self.ip(&["link", "show", "dev", name]).status.success()
-    }
-
+/// What these tests ask of a namespace beyond the harness's [`Netns`].
+trait NetnsExt {
     /// The names of the interfaces enslaved to `bridge`.
+    fn ports_of(&self, bridge: &str) -> Vec<String>;
+    /// The MAC address and whether the link is up.
+    fn link(&self, name: &str) -> (String, bool);
+}
+
+impl NetnsExt for Netns {
     fn ports_of(&self, bridge: &str) -> Vec<String> {
         let out = self.ip(&["-j", "link", "show", "master", bridge]);
         assert!(out.status.success(), "ip link show master {bridge}");
@@ -98,7 +53,6 @@ impl Netns {
             .unwrap_or_default()
     }
 
-    /// The MAC address and whether the link is up.
     fn link(&self, name: &str) -> (String, bool) {
         let out = self.ip(&["-j", "link", "show", "dev", name]);
         assert!(out.status.success(), "ip link show {name}");
@@ -109,22 +63,6 @@ impl Netns {
             .as_array()
             .is_some_and(|f| f.iter().any(|x| x.as_str() == Some("UP")));
         (mac, up)
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        String::from_utf8_lossy(&run("ip", &["netns", "pids", &self.name]).stdout)
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for pid in self.pids() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-        let _ = run("ip", &["netns", "del", &self.name]);
     }
 }
 
