@@ -158,7 +158,9 @@ impl Secret {
     }
 }
 
-fn split_secret_event(
+/// One message of a `WatchSecretEvents` stream as the watch machinery reads it
+/// ([`crate::watch::subscribe`]), for callers that open the stream themselves.
+pub fn split_secret_event(
     response: WatchSecretEventsResponse,
 ) -> Option<crate::watch::WatchMessage<SecretEvent>> {
     use crate::watch::WatchMessage;

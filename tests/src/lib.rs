@@ -319,3 +319,42 @@ pub async fn channel(path: &Path) -> tonic::transport::Channel {
 pub fn raw(listener: &std::os::unix::net::UnixListener) -> RawFd {
     listener.as_raw_fd()
 }
+
+/// A resumable subscription to secret events through the client library's watch machinery,
+/// over the Unix socket `socket` (a daemon's or the proxy's), each call carrying connection URI
+/// `uri` when given (as the proxy needs it).
+pub async fn secret_subscription(
+    socket: PathBuf,
+    uri: Option<&'static str>,
+) -> rvirt::watch::Subscription<rvirt_proto::v1::SecretEvent> {
+    use rvirt::watch::{Opener, RawStream, subscribe};
+    use rvirt_proto::v1::WatchSecretEventsRequest;
+    use rvirt_proto::v1::secret_service_client::SecretServiceClient;
+    let open: Opener<rvirt_proto::v1::WatchSecretEventsResponse> = Box::new(move |epoch, sequence| {
+        let socket = socket.clone();
+        Box::pin(async move {
+            let channel = rvirt::transport::unix_channel(&socket)
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let mut request = tonic::Request::new(WatchSecretEventsRequest {
+                since_epoch: epoch,
+                since_sequence: sequence,
+                ..Default::default()
+            });
+            if let Some(uri) = uri {
+                request.metadata_mut().insert(
+                    rvirt_proto::URI_METADATA_KEY,
+                    tonic::metadata::MetadataValue::from_static(uri),
+                );
+            }
+            let stream = SecretServiceClient::new(channel)
+                .watch_secret_events(request)
+                .await?
+                .into_inner();
+            Ok(Box::pin(stream) as RawStream<rvirt_proto::v1::WatchSecretEventsResponse>)
+        })
+    });
+    subscribe(open, rvirt::secret::split_secret_event, None)
+        .await
+        .expect("subscribe")
+}

@@ -976,40 +976,9 @@ async fn ephemeral_secret_keeps_the_daemon_from_exiting_when_idle() {
     assert!(status.success(), "{log}");
 }
 
-/// A resumable subscription to secret events through the client library's watch machinery.
+/// A resumable subscription to secret events on virtsecretd's own socket.
 async fn secret_subscription(root: &TestRoot) -> rvirt::watch::Subscription<SecretEvent> {
-    use rvirt::watch::{Opener, RawStream, WatchMessage, subscribe};
-    let socket = root.socket("virtsecretd-sock");
-    let open: Opener<WatchSecretEventsResponse> = Box::new(move |epoch, sequence| {
-        let socket = socket.clone();
-        Box::pin(async move {
-            let channel = rvirt::transport::unix_channel(&socket)
-                .await
-                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let request = WatchSecretEventsRequest {
-                since_epoch: epoch,
-                since_sequence: sequence,
-                ..Default::default()
-            };
-            let stream = SecretServiceClient::new(channel)
-                .watch_secret_events(request)
-                .await?
-                .into_inner();
-            Ok(Box::pin(stream) as RawStream<WatchSecretEventsResponse>)
-        })
-    });
-    fn split(response: WatchSecretEventsResponse) -> Option<WatchMessage<SecretEvent>> {
-        match response.message? {
-            watch_secret_events_response::Message::Event(e) => Some(WatchMessage::Event {
-                epoch: e.epoch.clone(),
-                sequence: e.sequence,
-                event: e,
-            }),
-            watch_secret_events_response::Message::ResyncRequired(r) => Some(WatchMessage::Resync(r)),
-            watch_secret_events_response::Message::CaughtUp(c) => Some(WatchMessage::CaughtUp(c)),
-        }
-    }
-    subscribe(open, split, None).await.expect("subscribe")
+    rvirt_e2e::secret_subscription(root.socket("virtsecretd-sock"), None).await
 }
 
 async fn next_item(
