@@ -61,6 +61,23 @@ fn metadata_type(kind: i32) -> Result<DomainMetadataType, Status> {
     DomainMetadataType::try_from(kind).map_err(|_| invalid_arg(format!("unknown metadata type {kind}")))
 }
 
+fn no_uri() -> Status {
+    invalid_arg("a metadata element is named by its namespace URI: give uri")
+}
+
+/// A copy of `def` (when there is one to change) with `edit` applied, so that every definition
+/// a call changes is checked before any is written.
+fn edited(
+    def: Option<&DomainDef>,
+    edit: impl FnOnce(&mut DomainDef) -> Result<(), Status>,
+) -> Result<Option<DomainDef>, Status> {
+    def.map(|def| {
+        let mut def = def.clone();
+        edit(&mut def).map(|()| def)
+    })
+    .transpose()
+}
+
 /// Applies one metadata change to a definition.
 fn apply(
     def: &mut DomainDef,
@@ -87,6 +104,13 @@ fn apply(
 }
 
 impl Domains {
+    /// Writes `def` as `vm`'s definition and makes it the one in force.
+    fn store_config(&self, vm: &Vm, def: DomainDef) -> Result<(), Status> {
+        self.save_config(&def)?;
+        vm.lock().config = Some(Arc::new(def));
+        Ok(())
+    }
+
     /// Renames an inactive persistent domain, as libvirt's `virDomainRename`: the new
     /// definition is written, the autostart link follows it, the old file goes, and the
     /// domain is reported undefined (renamed) under its old name and defined (renamed) under
@@ -192,22 +216,15 @@ impl Domains {
     ) -> Result<(), Status> {
         let kind = metadata_type(kind)?;
         if kind == DomainMetadataType::Element && uri.is_empty() {
-            return Err(invalid_arg(
-                "a metadata element is named by its namespace URI: give uri",
-            ));
+            return Err(no_uri());
         }
         let _job = vm.job.lock().await;
         let (name, running, config) = snapshot(vm);
         let affect = affect(flags, &name, running, config.is_some())?;
         // Both changes are checked before either is made.
-        let new_config = match (&config, affect.config) {
-            (Some(config), true) => {
-                let mut def = (**config).clone();
-                apply(&mut def, kind, value, key, uri)?;
-                Some(def)
-            }
-            _ => None,
-        };
+        let new_config = edited(config.as_deref().filter(|_| affect.config), |def| {
+            apply(def, kind, value, key, uri)
+        })?;
         let new_live = if affect.live {
             let inner = vm.lock();
             let mut def = inner
@@ -222,8 +239,7 @@ impl Domains {
             None
         };
         if let Some(def) = new_config {
-            self.save_config(&def)?;
-            vm.lock().config = Some(Arc::new(def));
+            self.store_config(vm, def)?;
         }
         if let Some(def) = new_live {
             if let Some(run) = vm.lock().run.as_mut() {
@@ -267,9 +283,7 @@ impl Domains {
             DomainMetadataType::Description => def.description.clone(),
             DomainMetadataType::Element => {
                 if uri.is_empty() {
-                    return Err(invalid_arg(
-                        "a metadata element is named by its namespace URI: give uri",
-                    ));
+                    return Err(no_uri());
                 }
                 metadata::metadata_element(def.metadata.as_deref(), uri)
                     .map_err(|e| err(ErrorCode::InternalError, e.to_string()))?
@@ -347,14 +361,9 @@ impl Domains {
                 ),
             ));
         }
-        let new_config = match (&config, affect.config) {
-            (Some(config), true) => {
-                let mut def = (**config).clone();
-                set_memory_of(&mut def, kib, maximum)?;
-                Some(def)
-            }
-            _ => None,
-        };
+        let new_config = edited(config.as_deref().filter(|_| affect.config), |def| {
+            set_memory_of(def, kib, maximum)
+        })?;
         if affect.live {
             let (qmp, total, balloon) = {
                 let inner = vm.lock();
@@ -387,8 +396,7 @@ impl Domains {
             })?;
         }
         if let Some(def) = new_config {
-            self.save_config(&def)?;
-            vm.lock().config = Some(Arc::new(def));
+            self.store_config(vm, def)?;
         }
         Ok(())
     }
@@ -413,8 +421,7 @@ impl Domains {
         })?;
         let mut def = (*config).clone();
         set_vcpus_of(&mut def, count, maximum)?;
-        self.save_config(&def)?;
-        vm.lock().config = Some(Arc::new(def));
+        self.store_config(vm, def)?;
         Ok(())
     }
 }
@@ -563,8 +570,7 @@ impl Domains {
             _ => {}
         }
         let new = self.with_fragment(&config, xml)?;
-        self.save_config(&new)?;
-        vm.lock().config = Some(Arc::new(new));
+        self.store_config(vm, new)?;
         Ok(())
     }
 
@@ -645,8 +651,7 @@ impl Domains {
         };
         let mut def = (*config).clone();
         def.devices.list.remove(index);
-        self.save_config(&def)?;
-        vm.lock().config = Some(Arc::new(def));
+        self.store_config(vm, def)?;
         Ok(())
     }
 }
@@ -727,14 +732,9 @@ impl Domains {
             }
         };
         // Both definitions are checked before either changes.
-        let new_config = match (&config, affect.config) {
-            (Some(config), true) => {
-                let mut def = (**config).clone();
-                change_medium(&mut def, &new)?;
-                Some(def)
-            }
-            _ => None,
-        };
+        let new_config = edited(config.as_deref().filter(|_| affect.config), |def| {
+            change_medium(def, &new).map(|_| ())
+        })?;
         if let Some((mut def, qmp)) = live {
             let alias = change_medium(&mut def, &new)?
                 .ok_or_else(|| internal(format!("the CD-ROM {} has no alias", new.target)))?;
@@ -778,8 +778,7 @@ impl Domains {
             self.write_status(vm);
         }
         if let Some(def) = new_config {
-            self.save_config(&def)?;
-            vm.lock().config = Some(Arc::new(def));
+            self.store_config(vm, def)?;
         }
         Ok(())
     }
