@@ -103,66 +103,84 @@ pub async fn start(ctx: &Arc<DaemonContext>, forwarder: &Forwarder) -> Result<Re
         .map_err(|_| "configuration lock poisoned")?
         .remote
         .clone();
-    let listen = ctx.args.listen;
-    let mut listeners = RemoteListeners::default();
     let activated = ctx.take_activated_remote();
-    if !activated.is_empty() {
-        // Socket activation (virtproxyd-tls.socket, virtproxyd-tcp.socket): the sockets systemd
-        // passed are served, and listen_tls, listen_tcp and the ports are not consulted.
-        for (fd, transport) in activated {
-            let std_listener = std::net::TcpListener::from(fd);
-            let address = std_listener.local_addr().map_err(|e| {
-                format!(
-                    "a socket systemd passed for {} is not a TCP socket: {e}",
-                    transport.as_str()
-                )
-            })?;
-            std_listener
-                .set_nonblocking(true)
-                .map_err(|e| format!("the {} socket systemd passed: {e}", transport.as_str()))?;
-            let listener = TcpListener::from_std(std_listener)
-                .map_err(|e| format!("the {} socket systemd passed: {e}", transport.as_str()))?;
-            match transport {
-                RemoteTransport::Tls => {
-                    let tls = Arc::new(TlsServer {
-                        config: std::sync::RwLock::new(crate::tls::server_config(&config, ctx.mode)?),
-                    });
-                    serve(ctx, forwarder, listener, Some(Arc::clone(&tls)));
-                    listeners.tls = Some(tls);
-                    tracing::info!(%address, "listening for TLS clients on a socket systemd passed");
-                }
-                RemoteTransport::Tcp => {
-                    if config.auth_tcp != "none" {
-                        return Err(tcp_without_auth_none(&config.auth_tcp));
-                    }
-                    serve(ctx, forwarder, listener, None);
-                    tracing::warn!(%address, "listening for plain TCP clients without authentication on a socket systemd passed");
-                }
-            }
-            listeners.addresses.push((transport, address));
+    // Socket activation (virtproxyd-tls.socket, virtproxyd-tcp.socket): the sockets systemd
+    // passed are served, and listen_tls, listen_tcp and the ports are not consulted.
+    let transports: Vec<RemoteTransport> = if activated.is_empty() {
+        let mut wanted = Vec::new();
+        if config.tls_enabled(ctx.args.listen) {
+            wanted.push(RemoteTransport::Tls);
         }
-        return Ok(listeners);
-    }
-    if config.tls_enabled(listen) {
-        let tls = Arc::new(TlsServer {
+        if config.tcp_enabled() {
+            wanted.push(RemoteTransport::Tcp);
+        }
+        wanted
+    } else {
+        activated.iter().map(|(_, t)| *t).collect()
+    };
+    // Certificates and auth_tcp are checked before any socket is served.
+    let tls = if transports.contains(&RemoteTransport::Tls) {
+        Some(Arc::new(TlsServer {
             config: std::sync::RwLock::new(crate::tls::server_config(&config, ctx.mode)?),
-        });
-        let (listener, address) = bind(&config.listen_addr, config.tls_port, "tls_port").await?;
-        listeners.addresses.push((RemoteTransport::Tls, address));
-        serve(ctx, forwarder, listener, Some(Arc::clone(&tls)));
-        listeners.tls = Some(tls);
-        tracing::info!(%address, "listening for TLS clients");
+        }))
+    } else {
+        None
+    };
+    if transports.contains(&RemoteTransport::Tcp) && config.auth_tcp != "none" {
+        return Err(tcp_without_auth_none(&config.auth_tcp));
     }
-    if config.tcp_enabled() {
-        if config.auth_tcp != "none" {
-            return Err(tcp_without_auth_none(&config.auth_tcp));
+    let mut sockets = Vec::new();
+    if activated.is_empty() {
+        for transport in transports {
+            let (port, key) = match transport {
+                RemoteTransport::Tls => (config.tls_port, "tls_port"),
+                RemoteTransport::Tcp => (config.tcp_port, "tcp_port"),
+            };
+            let (listener, address) = bind(&config.listen_addr, port, key).await?;
+            sockets.push((transport, listener, address, ""));
         }
-        let (listener, address) = bind(&config.listen_addr, config.tcp_port, "tcp_port").await?;
-        listeners.addresses.push((RemoteTransport::Tcp, address));
-        serve(ctx, forwarder, listener, None);
-        tracing::warn!(%address, "listening for plain TCP clients without authentication (auth_tcp = \"none\")");
+    } else {
+        for (fd, transport) in activated {
+            let (listener, address) = from_systemd(fd, transport)?;
+            sockets.push((transport, listener, address, " on a socket systemd passed"));
+        }
     }
+    let mut listeners = RemoteListeners::default();
+    for (transport, listener, address, how) in sockets {
+        match transport {
+            RemoteTransport::Tls => {
+                serve(ctx, forwarder, listener, tls.clone());
+                tracing::info!(%address, "listening for TLS clients{how}");
+            }
+            RemoteTransport::Tcp => {
+                serve(ctx, forwarder, listener, None);
+                tracing::warn!(%address, "listening for plain TCP clients without authentication (auth_tcp = \"none\"){how}");
+            }
+        }
+        listeners.addresses.push((transport, address));
+    }
+    listeners.tls = tls;
     Ok(listeners)
+}
+
+/// A TCP socket systemd passed for `transport`, ready for tokio.
+fn from_systemd(
+    fd: std::os::fd::OwnedFd,
+    transport: RemoteTransport,
+) -> Result<(TcpListener, SocketAddr), String> {
+    let std_listener = std::net::TcpListener::from(fd);
+    let address = std_listener.local_addr().map_err(|e| {
+        format!(
+            "a socket systemd passed for {} is not a TCP socket: {e}",
+            transport.as_str()
+        )
+    })?;
+    std_listener
+        .set_nonblocking(true)
+        .map_err(|e| format!("the {} socket systemd passed: {e}", transport.as_str()))?;
+    let listener = TcpListener::from_std(std_listener)
+        .map_err(|e| format!("the {} socket systemd passed: {e}", transport.as_str()))?;
+    Ok((listener, address))
 }
 
 fn tcp_without_auth_none(auth_tcp: &str) -> String {
