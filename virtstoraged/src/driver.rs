@@ -389,6 +389,8 @@ pub struct VolUse {
     pub format: String,
     /// The volume's capacity.
     pub capacity: u64,
+    /// Its definition when it was taken into use.
+    pub def: VolDef,
 }
 
 impl Drop for VolUse {
@@ -1622,6 +1624,7 @@ impl StorageDriver {
             path,
             format,
             capacity,
+            def: v.def.clone(),
         })
     }
 
@@ -1652,9 +1655,8 @@ impl StorageDriver {
             ));
         }
         let input = self.vol_use(source)?;
-        let (_, source_def) = self.vol_state(source)?;
         // An encrypted source is decrypted into the copy (as libvirt does), with its passphrase.
-        let input_key = self.luks_key(&source_def).await?.map(|(file, key)| {
+        let input_key = self.luks_key(&input.def).await?.map(|(file, key)| {
             (
                 file,
                 LuksKey {
@@ -1684,7 +1686,7 @@ impl StorageDriver {
                 format!(
                     "Volume '{}' is encrypted: it can be cloned (decrypted) into a file volume without REFLINK, \
                      not into a logical volume or as a reflink copy of its ciphertext",
-                    source_def.name
+                    input.def.name
                 ),
             ));
         }
