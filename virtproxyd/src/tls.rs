@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -48,15 +48,21 @@ fn unreadable(key: &str, what: &str, path: &Path, cause: impl std::fmt::Display)
     )
 }
 
-fn read_certs(key: &str, what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
+/// Every PEM object of type `T` in `path` (the file named by configuration key `key`); none is
+/// an error saying `no PEM <kind> in it`.
+fn read_pem<T: PemObject>(key: &str, what: &str, kind: &str, path: &Path) -> Result<Vec<T>, String> {
+    let objects = T::pem_file_iter(path)
         .map_err(|e| unreadable(key, what, path, e))?
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| unreadable(key, what, path, e))?;
-    if certs.is_empty() {
-        return Err(unreadable(key, what, path, "no PEM certificate in it"));
+    if objects.is_empty() {
+        return Err(unreadable(key, what, path, format!("no PEM {kind} in it")));
     }
-    Ok(certs)
+    Ok(objects)
+}
+
+fn read_certs(key: &str, what: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    read_pem(key, what, "certificate", path)
 }
 
 /// The revocation list to check client certificates against: `crl_file` when set, else
@@ -70,19 +76,7 @@ pub fn crl_path(config: &RemoteConfig, paths: &PkiPaths) -> Option<PathBuf> {
 }
 
 fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    let crls = CertificateRevocationListDer::pem_file_iter(path)
-        .map_err(|e| unreadable("crl_file", "certificate revocation list", path, e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| unreadable("crl_file", "certificate revocation list", path, e))?;
-    if crls.is_empty() {
-        return Err(unreadable(
-            "crl_file",
-            "certificate revocation list",
-            path,
-            "no PEM X509 CRL in it",
-        ));
-    }
-    Ok(crls)
+    read_pem("crl_file", "certificate revocation list", "X509 CRL", path)
 }
 
 /// The TLS server configuration for `config` in `mode`: server certificate and key, mandatory
