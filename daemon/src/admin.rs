@@ -138,7 +138,7 @@ impl AdminService for AdminApi {
         request: Request<GetClientInfoRequest>,
     ) -> Result<Response<GetClientInfoResponse>, Status> {
         let id = request.get_ref().id;
-        let info = self.ctx.clients.get_with_peer(id).ok_or_else(|| no_client(id))?;
+        let info = self.ctx.clients.get(id).ok_or_else(|| no_client(id))?;
         Ok(Response::new(GetClientInfoResponse {
             client: Some(client(&info)),
         }))

@@ -107,11 +107,6 @@ impl ClientRegistry {
         self.lock().clients.values().map(|e| e.info.clone()).collect()
     }
 
-    /// One client.
-    pub fn get(&self, id: u64) -> Option<ClientInfo> {
-        self.lock().clients.get(&id).map(|e| e.info.clone())
-    }
-
     /// The clients connected now, oldest first, each with its transport and address when it
     /// came over the network ([`register_remote`](Self::register_remote)).
     pub fn list_with_peers(&self) -> Vec<(ClientInfo, Option<crate::listen::RemotePeer>)> {
@@ -123,7 +118,7 @@ impl ClientRegistry {
     }
 
     /// One client, with its network peer.
-    pub fn get_with_peer(&self, id: u64) -> Option<(ClientInfo, Option<crate::listen::RemotePeer>)> {
+    pub fn get(&self, id: u64) -> Option<(ClientInfo, Option<crate::listen::RemotePeer>)> {
         self.lock()
             .clients
             .get(&id)
