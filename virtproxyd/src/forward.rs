@@ -237,12 +237,8 @@ impl Backend {
 
     fn remote(dial: crate::remote::RemoteDial) -> Backend {
         Backend {
-            socket: PathBuf::new(),
             remote: Some(dial),
-            sender: Mutex::new(None),
-            autostart: None,
-            starting: tokio::sync::Mutex::new(()),
-            last_used: Mutex::new(None),
+            ..Backend::new(PathBuf::new(), None)
         }
     }
 
