@@ -2,20 +2,22 @@
 //! read calls only, the access policy file's rules allow or deny permissions (see
 //! [`crate::policy`]), and without a matching rule privileged calls need a privileged caller and
 //! write calls a writer. The admin service lives on the admin socket alone. Handlers never check
-//! access themselves.
+//! access themselves; only when a rule names objects do the drivers consult the decision this
+//! layer puts in force ([`ObjectRules`]), where they resolve the object.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
-use rvirt_proto::access::{self, AccessLevel};
+use rvirt_proto::access::{self, AccessLevel, MethodAccess, ObjectGate, ObjectScope};
 use rvirt_proto::error::status;
 use rvirt_proto::v1::{ErrorCode, ErrorDomain};
 
 use crate::clients::ClientInfo;
 use crate::listen::SocketKind;
-use crate::policy::{Effect, Policy};
+use crate::policy::{BeforeObject, Effect, Policy, Rule};
 
 const ADMIN_SERVICE: &str = "rvirt.v1.AdminService";
 
@@ -30,6 +32,9 @@ pub const CALLER_GROUPS_METADATA: &str = "rvirt-caller-groups";
 /// Metadata with the forwarded caller's TLS certificate subject DN (optional; absent for callers
 /// without a certificate).
 pub const CALLER_CERT_SUBJECT_METADATA: &str = "rvirt-caller-cert-subject";
+/// Metadata present (`1`) when the forwarded caller came over the network, through the proxy's
+/// TCP or TLS listener (optional).
+pub const CALLER_REMOTE_METADATA: &str = "rvirt-caller-remote";
 
 /// The identity a call is made for when the connection's peer forwards its own caller's in
 /// `rvirt-caller-*` metadata, as virtproxyd does (the backend sees the proxy over SO_PEERCRED).
@@ -101,13 +106,18 @@ pub fn forwarded_caller(
     };
     // The peer's own certificate (a remote proxy's) is not the caller's.
     let cert_subject = match headers.get(CALLER_CERT_SUBJECT_METADATA) {
+        // Subjects may hold UTF-8 beyond ASCII.
         Some(value) => Some(
-            value
-                .to_str()
+            std::str::from_utf8(value.as_bytes())
                 .map_err(|_| malformed(CALLER_CERT_SUBJECT_METADATA))?
                 .to_owned(),
         ),
         None => None,
+    };
+    let remote = match headers.get(CALLER_REMOTE_METADATA) {
+        Some(value) if value == "1" => true,
+        Some(_) => return Err(malformed(CALLER_REMOTE_METADATA)),
+        None => false,
     };
     Ok(Some(ClientInfo {
         uid,
@@ -115,6 +125,7 @@ pub fn forwarded_caller(
         groups,
         pid,
         cert_subject,
+        remote,
         ..peer.clone()
     }))
 }
@@ -141,11 +152,13 @@ pub struct AccessPolicy {
 
 impl AccessPolicy {
     fn is_privileged(&self, caller: &ClientInfo) -> bool {
-        caller.uid == 0 || caller.uid == self.daemon_uid
+        !caller.remote && (caller.uid == 0 || caller.uid == self.daemon_uid)
     }
 
     fn may_write(&self, caller: &ClientInfo) -> bool {
-        self.is_privileged(caller)
+        // A remote caller passed the proxy's certificate checks (or its auth_tcp), as in libvirt.
+        caller.remote
+            || self.is_privileged(caller)
             || self
                 .write_group
                 .is_some_and(|g| caller.gid == g || caller.groups.contains(&g))
@@ -160,33 +173,46 @@ pub fn check(
     caller: &ClientInfo,
     policy: &AccessPolicy,
 ) -> Result<(), tonic::Status> {
-    check_with_rules(path, socket, caller, policy, Policy::empty())
+    check_with_rules(path, socket, caller, policy, &Arc::new(Policy::default())).map(|_| ())
 }
 
-/// Who the caller is, for messages: `uid 1000` or `uid 65534 (certificate CN=c1,O=Example)`.
+/// Who the caller is, for messages: `uid 1000`, `the remote client 'CN=c1,O=Example'`.
 fn describe(caller: &ClientInfo) -> String {
-    match &caller.cert_subject {
-        Some(subject) => format!("uid {} (certificate {subject})", caller.uid),
-        None => format!("uid {}", caller.uid),
+    match (&caller.cert_subject, caller.remote) {
+        (Some(subject), true) => format!("the remote client '{subject}'"),
+        (None, true) => "a remote client without a certificate".to_owned(),
+        (Some(subject), false) => format!("uid {} (certificate {subject})", caller.uid),
+        (None, false) => format!("uid {}", caller.uid),
     }
+}
+
+/// What the access check lets through.
+#[derive(Debug)]
+pub enum Verdict {
+    /// The call may proceed.
+    Allowed,
+    /// The call may proceed, and the driver decides once it knows the object: the gate goes in
+    /// force for the call ([`rvirt_proto::access::scope`]).
+    ByObject(Arc<ObjectRules>),
 }
 
 /// Decides whether `caller` may make the call at gRPC `path` on a socket of kind `socket`: the
 /// socket's restrictions first, then the first rule of `rules` that matches, else the default
-/// `policy`.
+/// `policy`. When the first rule that could apply names objects, the answer is
+/// [`Verdict::ByObject`].
 pub fn check_with_rules(
     path: &str,
     socket: SocketKind,
     caller: &ClientInfo,
     policy: &AccessPolicy,
-    rules: &Policy,
-) -> Result<(), tonic::Status> {
+    rules: &Arc<Policy>,
+) -> Result<Verdict, tonic::Status> {
     if is_public_infrastructure(path) {
-        return Ok(());
+        return Ok(Verdict::Allowed);
     }
     let Some(method) = access::lookup(path) else {
         // Not part of the contract: the router answers UNIMPLEMENTED.
-        return Ok(());
+        return Ok(Verdict::Allowed);
     };
     let is_admin = method.service == ADMIN_SERVICE;
     match (socket, is_admin) {
@@ -221,16 +247,63 @@ pub fn check_with_rules(
             ),
         ));
     }
-    if let Some(rule) = rules.decide(method.permission, caller) {
+    let gate = |permission: String, required: bool| {
+        Verdict::ByObject(Arc::new(ObjectRules {
+            method,
+            permission,
+            required,
+            caller: caller.clone(),
+            policy: *policy,
+            rules: Arc::clone(rules),
+            consulted: AtomicBool::new(false),
+        }))
+    };
+    match method.scope() {
+        ObjectScope::One => match rules.decide_before_object(method.permission, caller) {
+            BeforeObject::ByObject => Ok(gate(method.permission.to_owned(), true)),
+            BeforeObject::Rule(rule) => {
+                apply(method, method.permission, None, caller, policy, rules, Some(rule))
+                    .map(|()| Verdict::Allowed)
+            }
+            BeforeObject::Default => {
+                apply(method, method.permission, None, caller, policy, rules, None).map(|()| Verdict::Allowed)
+            }
+        },
+        scope => {
+            let rule = rules.decide(method.permission, caller);
+            apply(method, method.permission, None, caller, policy, rules, rule)?;
+            match scope {
+                // Lists and event streams leave out what the caller may not see.
+                ObjectScope::Many(kind) if rules.has_object_rules() => {
+                    Ok(gate(format!("{kind}.getattr"), false))
+                }
+                _ => Ok(Verdict::Allowed),
+            }
+        }
+    }
+}
+
+/// Applies `rule` (the first that matched) or, without one, the default `policy` to `method`
+/// called by `caller` for `permission`, on the object named `object` when there is one.
+fn apply(
+    method: &MethodAccess,
+    permission: &str,
+    object: Option<&str>,
+    caller: &ClientInfo,
+    policy: &AccessPolicy,
+    rules: &Policy,
+    rule: Option<&Rule>,
+) -> Result<(), tonic::Status> {
+    let on = object.map_or(String::new(), |name| format!(" on '{name}'"));
+    if let Some(rule) = rule {
         return match rule.effect {
             Effect::Allow => Ok(()),
             Effect::Deny => Err(status(
                 ErrorCode::AccessDenied,
                 ErrorDomain::Access,
                 format!(
-                    "{} needs permission {}, which {} (rule {}) denies to {}",
+                    "{}{on} needs permission {permission}, which {} (rule {}) denies to {}",
                     method.method,
-                    method.permission,
                     rules.source_name(),
                     rule.number,
                     describe(caller)
@@ -239,12 +312,19 @@ pub fn check_with_rules(
         };
     }
     if method.level == AccessLevel::Privileged && !policy.is_privileged(caller) {
+        let hint = if caller.remote {
+            "remote callers do not have it: run it on the host as root, or allow it in the access policy file"
+        } else {
+            "run it as root or as the daemon's user"
+        };
         return Err(status(
             ErrorCode::AccessDenied,
             ErrorDomain::Access,
             format!(
-                "{} needs privileged access ({}): uid {} may not call it; run it as root or as the daemon's user",
-                method.method, method.permission, caller.uid
+                "{} needs privileged access ({}): {} may not call it; {hint}",
+                method.method,
+                method.permission,
+                describe(caller)
             ),
         ));
     }
@@ -262,6 +342,91 @@ pub fn check_with_rules(
         ));
     }
     Ok(())
+}
+
+/// Runs `call` with `gate` in force. A call about one object that succeeds without its driver
+/// having consulted the gate is a driver bug: it is reported as an internal error rather than
+/// passed as a grant nobody checked.
+pub async fn within<F, B, E>(gate: Arc<ObjectRules>, call: F) -> Result<http::Response<B>, E>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: Default,
+{
+    let response = access::scope(Arc::clone(&gate) as Arc<dyn ObjectGate>, call).await?;
+    let succeeded = response.headers().get("grpc-status").is_none_or(|s| s == "0");
+    if succeeded && gate.unchecked() {
+        tracing::error!(
+            method = gate.method.method,
+            "the driver never checked the call's object against the access rules"
+        );
+        return Ok(status(
+            ErrorCode::InternalError,
+            ErrorDomain::Access,
+            format!(
+                "{} ran without checking its object against the access rules that name objects; this is a bug, please report it",
+                gate.method.method
+            ),
+        )
+        .into_http());
+    }
+    Ok(response)
+}
+
+/// The rules that decide a call once the driver knows its object: the gate a [`Verdict::ByObject`]
+/// puts in force.
+#[derive(Debug)]
+pub struct ObjectRules {
+    method: &'static MethodAccess,
+    /// The permission checked on each object: the method's, or `<kind>.getattr` for a call about
+    /// many objects.
+    permission: String,
+    /// Whether the call must consult the gate (a call about one object) or only filters with it.
+    required: bool,
+    caller: ClientInfo,
+    policy: AccessPolicy,
+    rules: Arc<Policy>,
+    consulted: AtomicBool,
+}
+
+impl ObjectRules {
+    /// Whether a call about one object ended without the driver deciding on its object: a
+    /// driver bug the layer turns into an error rather than a silent grant.
+    fn unchecked(&self) -> bool {
+        self.required && !self.consulted.load(Ordering::Acquire)
+    }
+}
+
+impl ObjectGate for ObjectRules {
+    fn check(&self, names: &[&str]) -> Result<(), tonic::Status> {
+        self.consulted.store(true, Ordering::Release);
+        let rule = self.rules.decide_object(&self.permission, &self.caller, names);
+        let verdict = apply(
+            self.method,
+            &self.permission,
+            names.first().copied(),
+            &self.caller,
+            &self.policy,
+            &self.rules,
+            rule,
+        );
+        if verdict.is_err() && self.required {
+            tracing::info!(
+                method = self.method.method,
+                object = names.first().copied().unwrap_or_default(),
+                uid = self.caller.uid,
+                "call refused on its object"
+            );
+        }
+        verdict
+    }
+
+    fn permission(&self) -> &str {
+        &self.permission
+    }
+
+    fn delegate(&self) {
+        self.consulted.store(true, Ordering::Release);
+    }
 }
 
 /// The access rules in force: the default policy and the policy file's rules, which a reload
@@ -315,7 +480,12 @@ impl AccessControl {
     }
 
     /// [`check_with_rules`] with the rules in force.
-    pub fn check(&self, path: &str, socket: SocketKind, caller: &ClientInfo) -> Result<(), tonic::Status> {
+    pub fn check(
+        &self,
+        path: &str,
+        socket: SocketKind,
+        caller: &ClientInfo,
+    ) -> Result<Verdict, tonic::Status> {
         let state = self.read();
         check_with_rules(path, socket, caller, &state.0, &state.1)
     }
@@ -396,7 +566,8 @@ where
             )),
         };
         match verdict {
-            Ok(()) => Box::pin(self.inner.call(req)),
+            Ok(Verdict::Allowed) => Box::pin(self.inner.call(req)),
+            Ok(Verdict::ByObject(gate)) => Box::pin(within(gate, self.inner.call(req))),
             Err(denied) => {
                 if let Some(caller) = req.extensions().get::<ClientInfo>() {
                     tracing::info!(
@@ -432,12 +603,13 @@ mod tests {
             socket,
             connected_at: std::time::SystemTime::now(),
             cert_subject: None,
+            remote: false,
         }
     }
 
-    fn code(result: Result<(), tonic::Status>) -> ErrorCode {
+    fn code<T>(result: Result<T, tonic::Status>) -> ErrorCode {
         match result {
-            Ok(()) => ErrorCode::Ok,
+            Ok(_) => ErrorCode::Ok,
             Err(status) => from_status(&status).code(),
         }
     }
@@ -623,10 +795,14 @@ mod tests {
         );
     }
 
-    fn rules(text: &str) -> Policy {
+    fn policy(text: &str) -> Policy {
         let mut policy = Policy::parse(text, &crate::policy::SystemNames).expect("valid policy");
         policy.source = Some("/etc/rvirt/access.toml".into());
         policy
+    }
+
+    fn rules(text: &str) -> Arc<Policy> {
+        Arc::new(policy(text))
     }
 
     #[test]
@@ -697,10 +873,102 @@ mod tests {
         let access = AccessControl::new(ROOT_DAEMON, Policy::default());
         let root = caller(0, SocketKind::ReadWrite);
         assert!(access.check(START, SocketKind::ReadWrite, &root).is_ok());
-        access.set_rules(rules("[[rule]]\neffect = \"deny\"\npermission = \"domain.*\"\n"));
+        access.set_rules(policy("[[rule]]\neffect = \"deny\"\npermission = \"domain.*\"\n"));
         assert!(access.check(START, SocketKind::ReadWrite, &root).is_err());
         access.set_rules(Policy::default());
         assert!(access.check(START, SocketKind::ReadWrite, &root).is_ok());
+    }
+
+    const LIST: &str = "/rvirt.v1.DomainService/ListDomains";
+
+    fn gate(verdict: Result<Verdict, tonic::Status>) -> Arc<ObjectRules> {
+        match verdict {
+            Ok(Verdict::ByObject(gate)) => gate,
+            other => panic!("expected a decision by object, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_object_rule_defers_the_decision_to_the_object() {
+        let policy =
+            rules("[[rule]]\neffect = \"deny\"\npermission = \"domain.*\"\nuid = 1000\nobject = \"web-*\"\n");
+        let user = caller(1000, SocketKind::ReadWrite);
+        let writer = AccessPolicy {
+            daemon_uid: 0,
+            write_group: Some(1000),
+        };
+        let start = gate(check_with_rules(
+            START,
+            SocketKind::ReadWrite,
+            &user,
+            &writer,
+            &policy,
+        ));
+        assert!(start.unchecked(), "a call about one object must consult the gate");
+        let err = start.check(&["web-1", "uuid"]).expect_err("denied on web-1");
+        assert_eq!(from_status(&err).code(), ErrorCode::AccessDenied);
+        for part in ["StartDomain on 'web-1'", "domain.start", "rule 1", "uid 1000"] {
+            assert!(err.message().contains(part), "{part}: {}", err.message());
+        }
+        assert!(!start.unchecked());
+        // Another object gets the default: a member of the socket group may write.
+        assert!(start.check(&["db", "uuid"]).is_ok());
+        // Without the group, the default refuses the write on any object the rule does not name.
+        let reader = gate(check_with_rules(
+            START,
+            SocketKind::ReadWrite,
+            &user,
+            &ROOT_DAEMON,
+            &policy,
+        ));
+        assert_eq!(code(reader.check(&["db"])), ErrorCode::AccessDenied);
+        // Root is not named by the rule: decided at once, nothing waits for the object.
+        let root = caller(0, SocketKind::ReadWrite);
+        assert!(matches!(
+            check_with_rules(START, SocketKind::ReadWrite, &root, &ROOT_DAEMON, &policy),
+            Ok(Verdict::Allowed)
+        ));
+        // The read-only socket still refuses writes before any object is looked at.
+        let ro = caller(1000, SocketKind::ReadOnly);
+        assert_eq!(
+            code(check_with_rules(
+                START,
+                SocketKind::ReadOnly,
+                &ro,
+                &ROOT_DAEMON,
+                &policy
+            )),
+            ErrorCode::OperationDenied
+        );
+    }
+
+    #[test]
+    fn lists_filter_by_getattr_when_rules_name_objects() {
+        let policy = rules(
+            "[[rule]]\neffect = \"deny\"\npermission = \"domain.getattr\"\nuid = 1000\nobject = \"web-*\"\n",
+        );
+        let user = caller(1000, SocketKind::ReadWrite);
+        let list = gate(check_with_rules(
+            LIST,
+            SocketKind::ReadWrite,
+            &user,
+            &ROOT_DAEMON,
+            &policy,
+        ));
+        assert!(!list.unchecked(), "a list need not consult the gate");
+        assert!(list.check(&["web-1"]).is_err());
+        assert!(list.check(&["db"]).is_ok());
+        // Without object rules a list is simply allowed.
+        assert!(matches!(
+            check_with_rules(
+                LIST,
+                SocketKind::ReadWrite,
+                &user,
+                &ROOT_DAEMON,
+                &Arc::new(Policy::default())
+            ),
+            Ok(Verdict::Allowed)
+        ));
     }
 
     #[test]

@@ -45,6 +45,10 @@ pub struct ClientInfo {
     /// The subject DN of the client's TLS certificate (`CN=client1,O=Example`), for callers that
     /// presented one; access policy rules may name it.
     pub cert_subject: Option<String>,
+    /// Whether the caller came over the network (virtproxyd's TCP or TLS listener) rather than a
+    /// local socket: its uid names no local user, and by default it may read and write but make
+    /// no privileged call.
+    pub remote: bool,
 }
 
 /// Who a connection's peer is, as its transport proved it.
@@ -224,6 +228,7 @@ impl ClientRegistry {
             socket,
             connected_at: SystemTime::now(),
             cert_subject,
+            remote: remote.is_some(),
         };
         inner.clients.insert(
             info.id,

@@ -25,13 +25,19 @@
 //! admin service stays on the admin socket.
 //!
 //! User and group names are resolved when the file is loaded: a name that does not exist is an
-//! error rather than a rule that silently matches nobody. Object-scoped rules (`object = "web-*"`)
-//! are refused at load time: the access layer runs before a request is decoded and cannot yet tell
-//! which object a call is for (see `docs/access.md`).
+//! error rather than a rule that silently matches nobody.
+//!
+//! A rule may name objects (`object = "web-*"`): it then applies only to calls about an object
+//! one of whose names (name, UUID, volume path, secret usage id) matches. The access layer runs
+//! before a request is decoded, so when such a rule is the first that could apply, the decision
+//! waits for the driver to resolve the object ([`rvirt_proto::access::authorize`]); lists and
+//! event streams leave out the objects whose `<kind>.getattr` the rules deny.
 
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+
+use rvirt_proto::access::ObjectScope;
 
 use crate::clients::ClientInfo;
 
@@ -71,6 +77,8 @@ pub struct Rule {
     pub gids: Vec<u32>,
     /// Certificate subject patterns (`CN=client1,O=Example`, `*,O=Example`).
     pub cert_subjects: Vec<String>,
+    /// Object name patterns (`web-*`); empty for a rule about every object.
+    pub objects: Vec<String>,
 }
 
 impl Rule {
@@ -79,7 +87,17 @@ impl Rule {
         self.uids.is_empty() && self.gids.is_empty() && self.cert_subjects.is_empty()
     }
 
-    /// Whether the rule applies to `permission` called by `caller`.
+    /// Whether the rule applies only to some objects.
+    pub fn is_object_scoped(&self) -> bool {
+        !self.objects.is_empty()
+    }
+
+    /// Whether the rule applies to the object known by `names` (any of them may match).
+    pub fn matches_object(&self, names: &[&str]) -> bool {
+        self.objects.is_empty() || self.objects.iter().any(|p| names.iter().any(|n| glob(p, n)))
+    }
+
+    /// Whether the rule applies to `permission` called by `caller`, whatever the object.
     pub fn matches(&self, permission: &str, caller: &ClientInfo) -> bool {
         self.permissions.iter().any(|p| glob(p, permission))
             && (self.is_for_everyone()
@@ -141,7 +159,7 @@ struct RawRule {
     user: Option<OneOrMany<String>>,
     group: Option<OneOrMany<String>>,
     cert_subject: Option<OneOrMany<String>>,
-    object: Option<toml::Value>,
+    object: Option<OneOrMany<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -149,6 +167,17 @@ struct RawRule {
 struct RawPolicy {
     #[serde(default)]
     rule: Vec<RawRule>,
+}
+
+/// What the rules say about a call before its object is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BeforeObject<'a> {
+    /// This rule decides, whatever the object.
+    Rule(&'a Rule),
+    /// No rule applies: the default decides.
+    Default,
+    /// A rule that names objects could apply: the decision waits for the object.
+    ByObject,
 }
 
 /// Resolves user and group names; the real one asks the system's user database.
@@ -219,9 +248,34 @@ impl Policy {
         &EMPTY
     }
 
-    /// The first rule that applies to `permission` called by `caller`.
+    /// The first rule that applies to `permission` called by `caller` in a call about no
+    /// particular object: rules that name objects do not apply to it.
     pub fn decide(&self, permission: &str, caller: &ClientInfo) -> Option<&Rule> {
-        self.rules.iter().find(|r| r.matches(permission, caller))
+        self.rules
+            .iter()
+            .find(|r| !r.is_object_scoped() && r.matches(permission, caller))
+    }
+
+    /// The first rule that applies to `permission` called by `caller` on the object known by
+    /// `names`.
+    pub fn decide_object(&self, permission: &str, caller: &ClientInfo, names: &[&str]) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| r.matches(permission, caller) && r.matches_object(names))
+    }
+
+    /// What the rules say about `permission` called by `caller` on an object not known yet.
+    pub fn decide_before_object(&self, permission: &str, caller: &ClientInfo) -> BeforeObject<'_> {
+        match self.rules.iter().find(|r| r.matches(permission, caller)) {
+            None => BeforeObject::Default,
+            Some(rule) if rule.is_object_scoped() => BeforeObject::ByObject,
+            Some(rule) => BeforeObject::Rule(rule),
+        }
+    }
+
+    /// Whether some rule names objects.
+    pub fn has_object_rules(&self) -> bool {
+        self.rules.iter().any(Rule::is_object_scoped)
     }
 
     /// Where the policy came from, for messages: `/etc/rvirt/access.toml`.
@@ -262,15 +316,15 @@ impl Policy {
             .iter()
             .map(|m| m.permission)
             .collect();
+        let object_permissions: Vec<&str> = rvirt_proto::access::ACCESS_TABLE
+            .iter()
+            .filter(|m| m.scope() == ObjectScope::One)
+            .map(|m| m.permission)
+            .collect();
         let mut rules = Vec::with_capacity(raw.rule.len());
         for (i, r) in raw.rule.into_iter().enumerate() {
             let number = i + 1;
             let fail = |message: String| format!("rule {number}: {message}");
-            if r.object.is_some() {
-                return Err(fail(
-                    "object-scoped rules (`object`) are not enforced yet, so the policy is refused rather than applied without them; scope the rule by permission and caller only".into(),
-                ));
-            }
             let permissions = r.permission.into_vec();
             if permissions.is_empty() {
                 return Err(fail("permission: name at least one permission".into()));
@@ -280,6 +334,20 @@ impl Policy {
                     return Err(fail(format!(
                         "permission {p:?} matches no RPC's permission (such as \"domain.start\" or \"domain.*\"; see the table in docs/api.md)"
                     )));
+                }
+            }
+            let object_given = r.object.is_some();
+            let objects = r.object.map(OneOrMany::into_vec).unwrap_or_default();
+            if object_given && objects.is_empty() {
+                return Err(fail("object: name at least one object pattern".into()));
+            }
+            if !objects.is_empty() {
+                for p in &permissions {
+                    if !object_permissions.iter().any(|k| glob(p, k)) {
+                        return Err(fail(format!(
+                            "object: permission {p:?} is about no single object (connect.* and admin.* calls are about the host or the daemon; lists are filtered by <kind>.getattr), so a rule naming objects would never apply to it"
+                        )));
+                    }
                 }
             }
             let mut uids = r.uid.map(OneOrMany::into_vec).unwrap_or_default();
@@ -306,6 +374,7 @@ impl Policy {
                 uids,
                 gids,
                 cert_subjects,
+                objects,
             });
         }
         Ok(Policy { source: None, rules })
@@ -359,6 +428,7 @@ mod tests {
             socket: SocketKind::ReadWrite,
             connected_at: std::time::SystemTime::now(),
             cert_subject: cert.map(str::to_owned),
+            remote: false,
         }
     }
 
@@ -501,9 +571,90 @@ mod tests {
     }
 
     #[test]
-    fn object_scoped_rules_are_refused_until_enforced() {
-        let text = "[[rule]]\neffect = \"deny\"\npermission = \"domain.start\"\nobject = \"web-*\"\n";
-        let err = Policy::parse(text, &Names).expect_err("object rules are not enforced");
+    fn object_rules_apply_to_the_objects_they_name() {
+        let text = r#"
+            [[rule]]
+            effect = "allow"
+            permission = "domain.*"
+            user = "alice"
+            object = ["web-*", "0b5c*"]
+
+            [[rule]]
+            effect = "deny"
+            permission = "domain.*"
+            user = "alice"
+        "#;
+        let policy = Policy::parse(text, &Names).expect("valid policy");
+        let alice = caller(1000, 1000, vec![], None);
+        let number = |r: Option<&Rule>| r.map(|r| (r.effect, r.number));
+        assert_eq!(
+            number(policy.decide_object("domain.start", &alice, &["web-1", "1234"])),
+            Some((Effect::Allow, 1))
+        );
+        // Any of the object's names may match: here its UUID.
+        assert_eq!(
+            number(policy.decide_object("domain.start", &alice, &["db", "0b5c-11"])),
+            Some((Effect::Allow, 1))
+        );
+        assert_eq!(
+            number(policy.decide_object("domain.start", &alice, &["db", "1234"])),
+            Some((Effect::Deny, 2))
+        );
+        // Before the object is known the decision waits for it; for another caller no rule
+        // applies.
+        assert_eq!(
+            policy.decide_before_object("domain.start", &alice),
+            BeforeObject::ByObject
+        );
+        assert_eq!(
+            policy.decide_before_object("domain.start", &caller(0, 0, vec![], None)),
+            BeforeObject::Default
+        );
+        // A call about no single object skips the rules that name objects.
+        assert_eq!(
+            number(policy.decide("domain.start", &alice)),
+            Some((Effect::Deny, 2))
+        );
+        assert!(policy.has_object_rules());
+    }
+
+    #[test]
+    fn an_unscoped_rule_before_the_object_rules_decides_at_once() {
+        let text = r#"
+            [[rule]]
+            effect = "deny"
+            permission = "domain.start"
+            uid = 1000
+
+            [[rule]]
+            effect = "allow"
+            permission = "domain.*"
+            uid = 1000
+            object = "web-*"
+        "#;
+        let policy = Policy::parse(text, &Names).expect("valid policy");
+        let alice = caller(1000, 1000, vec![], None);
+        assert!(matches!(
+            policy.decide_before_object("domain.start", &alice),
+            BeforeObject::Rule(Rule { number: 1, .. })
+        ));
+        assert_eq!(
+            policy.decide_before_object("domain.stop", &alice),
+            BeforeObject::ByObject
+        );
+    }
+
+    #[test]
+    fn object_rules_on_calls_about_no_object_or_empty_are_refused() {
+        let text =
+            "[[rule]]\neffect = \"deny\"\npermission = \"connect.search_domains\"\nobject = \"web-*\"\n";
+        let err = Policy::parse(text, &Names).expect_err("lists are about no single object");
+        assert!(
+            err.contains("rule 1") && err.contains("connect.search_domains"),
+            "{err}"
+        );
+        let text = "[[rule]]\neffect = \"deny\"\npermission = \"domain.*\"\nobject = []\n";
+        let err = Policy::parse(text, &Names).expect_err("empty object list");
         assert!(err.contains("object"), "{err}");
     }
 

@@ -39,7 +39,97 @@ pub struct MethodAccess {
     pub permission: &'static str,
 }
 
+impl MethodAccess {
+    /// What the call is about, for object-scoped access rules: read from the permission's
+    /// object part (`domain.start` is about one domain, `connect.search_domains` about many).
+    pub fn scope(&self) -> ObjectScope {
+        let (object, permission) = self.permission.split_once('.').unwrap_or((self.permission, ""));
+        match object {
+            "connect" => match permission.strip_prefix("search_") {
+                Some(plural) => ObjectScope::Many(plural.strip_suffix('s').unwrap_or(plural)),
+                None => ObjectScope::None,
+            },
+            "admin" => ObjectScope::None,
+            _ => ObjectScope::One,
+        }
+    }
+}
+
+/// What a call is about, for object-scoped access rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectScope {
+    /// No object: host information, capabilities, the admin service.
+    None,
+    /// One object, which the driver resolves from the request (a domain, a network, a pool, a
+    /// volume, a secret; a port or a pool's volume list counts as its network or pool).
+    One,
+    /// Many objects of one kind (`domain`, `network`, `storage_pool`, `secret`): lists, events,
+    /// statistics. The driver leaves out those the caller may not see (`<kind>.getattr`).
+    Many(&'static str),
+}
+
 include!(concat!(env!("OUT_DIR"), "/access_table.rs"));
+
+/// The access decision that waits for the object: the access layer puts one in force for the
+/// call (see [`scope`]) when the first policy rule that could apply names objects, and the driver
+/// consults it once it knows which object the call is about.
+pub trait ObjectGate: Send + Sync + std::fmt::Debug {
+    /// Whether the call may proceed on the object known by `names` (its name, UUID, and for
+    /// volumes and secrets their path or usage id: a rule's pattern may match any of them).
+    /// `ERROR_CODE_ACCESS_DENIED` when a rule denies it.
+    fn check(&self, names: &[&str]) -> Result<(), tonic::Status>;
+    /// The permission checked on each object (`domain.start`; `domain.getattr` for a list).
+    fn permission(&self) -> &str;
+    /// Marks the decision as taken elsewhere: a proxy that forwards the call to the daemon that
+    /// resolves the object, which checks again with the same rules.
+    fn delegate(&self);
+}
+
+tokio::task_local! {
+    static GATE: std::sync::Arc<dyn ObjectGate>;
+}
+
+/// Runs `call` with `gate` in force: [`authorize`], [`visible`] and [`delegate`] inside it
+/// consult `gate`.
+pub async fn scope<F: std::future::Future>(gate: std::sync::Arc<dyn ObjectGate>, call: F) -> F::Output {
+    GATE.scope(gate, call).await
+}
+
+/// The gate in force for the current call, if its decision waits for the object: for a
+/// handler that filters a stream it returns after the call (events).
+pub fn current_gate() -> Option<std::sync::Arc<dyn ObjectGate>> {
+    GATE.try_with(std::sync::Arc::clone).ok()
+}
+
+/// Whether the current call may proceed on the object known by `names`, an object of one of
+/// `kinds` (`domain`, `network`, `network_port`, `storage_pool`, `storage_vol`, `secret`: the
+/// object part of permissions). Every driver calls it where it resolves a request's object
+/// (lookup by name, UUID, id, key or path, or the XML of a define). Only a call whose permission
+/// is about one of `kinds` is decided here, so a volume call that looks up its pool on the way
+/// is decided on the volume. Outside a call whose decision waits for the object it allows
+/// everything.
+pub fn authorize(kinds: &[&str], names: &[&str]) -> Result<(), tonic::Status> {
+    GATE.try_with(|gate| {
+        let kind = gate.permission().split('.').next().unwrap_or_default();
+        if kinds.contains(&kind) {
+            gate.check(names)
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap_or(Ok(()))
+}
+
+/// Whether the object known by `names` belongs in the current call's answer: a list, a stream of
+/// events, statistics (`<kind>.getattr` for calls about many objects).
+pub fn visible(names: &[&str]) -> bool {
+    GATE.try_with(|gate| gate.check(names).is_ok()).unwrap_or(true)
+}
+
+/// Marks the current call's object decision as taken by the daemon it is forwarded to.
+pub fn delegate() {
+    let _ = GATE.try_with(|gate| gate.delegate());
+}
 
 /// The access declared by the RPC at `path` (`/rvirt.v1.DomainService/Start`), or `None` for a
 /// path that is not part of the rvirt contract.
@@ -101,5 +191,38 @@ mod tests {
         assert_eq!(value.level, AccessLevel::Privileged);
         assert!(lookup("/rvirt.v1.DomainService/NoSuchMethod").is_none());
         assert!(lookup("/grpc.health.v1.Health/Check").is_none());
+    }
+
+    #[test]
+    fn scope_follows_the_permissions_object() {
+        let scope = |path: &str| lookup(path).expect("declared").scope();
+        assert_eq!(scope("/rvirt.v1.DomainService/StartDomain"), ObjectScope::One);
+        assert_eq!(
+            scope("/rvirt.v1.StorageVolService/ListStorageVols"),
+            ObjectScope::One
+        );
+        assert_eq!(
+            scope("/rvirt.v1.NetworkService/CreateNetworkPort"),
+            ObjectScope::One
+        );
+        assert_eq!(
+            scope("/rvirt.v1.DomainService/ListDomains"),
+            ObjectScope::Many("domain")
+        );
+        assert_eq!(
+            scope("/rvirt.v1.StoragePoolService/WatchStoragePoolEvents"),
+            ObjectScope::Many("storage_pool")
+        );
+        assert_eq!(scope("/rvirt.v1.HostService/GetCapabilities"), ObjectScope::None);
+        assert_eq!(scope("/rvirt.v1.AdminService/ListClients"), ObjectScope::None);
+        for method in ACCESS_TABLE {
+            if let ObjectScope::Many(kind) = method.scope() {
+                assert!(
+                    ["domain", "network", "storage_pool", "secret"].contains(&kind),
+                    "{}: {kind}",
+                    method.path
+                );
+            }
+        }
     }
 }

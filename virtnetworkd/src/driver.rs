@@ -46,6 +46,12 @@ pub struct NetError {
     pub xml_path: String,
 }
 
+/// [`rvirt_proto::access::authorize`] as a driver error.
+fn authorize(names: &[&str]) -> Result<(), NetError> {
+    rvirt_proto::access::authorize(&["network", "network_port"], names)
+        .map_err(|denied| NetError::new(ErrorCode::AccessDenied, denied.message()))
+}
+
 impl NetError {
     /// An error with `code`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
@@ -445,6 +451,13 @@ impl NetworkDriver {
     }
 
     fn resolve(&self, key: &Key) -> Result<(String, NetworkObj), NetError> {
+        let (name, obj) = self.resolve_unchecked(key)?;
+        // Access rules that name networks are decided here, whatever the caller named it by.
+        authorize(&[&name, obj.live.uuid()])?;
+        Ok((name, obj))
+    }
+
+    fn resolve_unchecked(&self, key: &Key) -> Result<(String, NetworkObj), NetError> {
         let networks = self.read();
         match key {
             Key::Name(name) => networks
@@ -660,6 +673,7 @@ impl NetworkDriver {
     /// Defines (or redefines) a persistent network.
     pub async fn define(&self, xml: &str) -> Result<Summary, NetError> {
         let mut def = Self::parse(xml)?;
+        authorize(&[&def.name, def.uuid()])?;
         let _ops = self.ops.lock().await;
         let existing = self.read().get(&def.name).cloned();
         self.prepare(&mut def, existing.as_ref()).await?;
@@ -752,6 +766,7 @@ impl NetworkDriver {
     /// Creates and starts a transient network.
     pub async fn create(&self, xml: &str) -> Result<Summary, NetError> {
         let mut def = Self::parse(xml)?;
+        authorize(&[&def.name, def.uuid()])?;
         let _ops = self.ops.lock().await;
         if self.read().contains_key(&def.name) {
             return Err(NetError::new(

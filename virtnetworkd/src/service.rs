@@ -254,6 +254,7 @@ impl NetworkService for NetworkServiceImpl {
             .driver
             .list(request.into_inner().flags)
             .into_iter()
+            .filter(|s| rvirt_proto::access::visible(&[&s.name, &s.uuid]))
             .map(network)
             .collect();
         Ok(Response::new(ListNetworksResponse { networks }))
@@ -424,6 +425,7 @@ impl NetworkService for NetworkServiceImpl {
         let ids: Vec<i32> = r.event_ids;
         let log = self.driver.events();
         let epoch = log.epoch().to_owned();
+        let gate = rvirt_proto::access::current_gate();
         let stream = log
             .watch(&r.since_epoch, r.since_sequence)
             .filter_map(move |delivery| {
@@ -435,6 +437,13 @@ impl NetworkService for NetworkServiceImpl {
                             return None;
                         }
                         if !ids.is_empty() && !ids.contains(&(event_id(&e.event.kind) as i32)) {
+                            return None;
+                        }
+                        // Events of networks the caller may not see are left out, as from lists.
+                        if gate
+                            .as_ref()
+                            .is_some_and(|g| g.check(&[&e.event.name, &e.event.uuid]).is_err())
+                        {
                             return None;
                         }
                         watch_network_events_response::Message::Event(event_message(

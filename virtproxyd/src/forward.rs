@@ -34,7 +34,7 @@ use rvirt::uri::{ConnectUri, Instance, Transport};
 use rvirt_daemon::ClientInfo;
 use rvirt_daemon::access::{
     CALLER_CERT_SUBJECT_METADATA, CALLER_GID_METADATA, CALLER_GROUPS_METADATA, CALLER_PID_METADATA,
-    CALLER_UID_METADATA,
+    CALLER_REMOTE_METADATA, CALLER_UID_METADATA,
 };
 use rvirt_daemon::listen::{RemotePeer, SocketKind};
 use rvirt_proto::error::status;
@@ -514,15 +514,26 @@ impl Inner {
                 )
                 .into_http();
             }
-            // The remote proxy knows us by our certificate; a remote caller was already checked
-            // here, so the backend serves it as the proxy.
-            (Target::Remote(_), None) | (_, Some(_)) => strip_identity(headers),
-            (_, None) => set_identity(headers, &caller),
+            // The remote proxy knows us by our certificate.
+            (Target::Remote(_), None) => strip_identity(headers),
+            // A local daemon checks the caller again, with the object in hand.
+            (_, _) => {
+                if let Err(refused) = set_identity(headers, &caller) {
+                    return refused.into_http();
+                }
+            }
         }
         match target {
+            // The test driver runs here and consults the object rules itself.
             Target::TestDriver => self.to_test_driver(&parsed.uri, &caller, request).await,
-            Target::Daemon(key) => self.to_daemon(key, &parsed.uri, request).await,
-            Target::Remote(key) => self.to_remote(key, &parsed.uri, request).await,
+            Target::Daemon(key) => {
+                rvirt_proto::access::delegate();
+                self.to_daemon(key, &parsed.uri, request).await
+            }
+            Target::Remote(key) => {
+                rvirt_proto::access::delegate();
+                self.to_remote(key, &parsed.uri, request).await
+            }
         }
     }
 
@@ -639,18 +650,33 @@ fn strip_identity(headers: &mut http::HeaderMap) {
         CALLER_PID_METADATA,
         CALLER_GROUPS_METADATA,
         CALLER_CERT_SUBJECT_METADATA,
+        CALLER_REMOTE_METADATA,
     ] {
         headers.remove(name);
     }
 }
 
-/// Replaces any `rvirt-caller-*` metadata with the caller's own identity.
-fn set_identity(headers: &mut http::HeaderMap, caller: &ClientInfo) {
+/// Replaces any `rvirt-caller-*` metadata with the caller's own identity; a certificate subject
+/// that cannot travel as metadata refuses the call rather than drop what a rule may name.
+fn set_identity(headers: &mut http::HeaderMap, caller: &ClientInfo) -> Result<(), tonic::Status> {
     strip_identity(headers);
     headers.insert(CALLER_UID_METADATA, HeaderValue::from(caller.uid));
     headers.insert(CALLER_GID_METADATA, HeaderValue::from(caller.gid));
     if let Some(pid) = caller.pid {
         headers.insert(CALLER_PID_METADATA, HeaderValue::from(pid));
+    }
+    if let Some(subject) = &caller.cert_subject {
+        let value = HeaderValue::from_bytes(subject.as_bytes()).map_err(|_| {
+            status(
+                ErrorCode::AccessDenied,
+                ErrorDomain::Access,
+                "The client certificate's subject holds control characters, so the caller cannot be named to the daemon: the call is refused",
+            )
+        })?;
+        headers.insert(CALLER_CERT_SUBJECT_METADATA, value);
+    }
+    if caller.remote {
+        headers.insert(CALLER_REMOTE_METADATA, HeaderValue::from_static("1"));
     }
     if !caller.groups.is_empty() {
         let groups = caller
@@ -663,6 +689,7 @@ fn set_identity(headers: &mut http::HeaderMap, caller: &ClientInfo) {
             headers.insert(CALLER_GROUPS_METADATA, value);
         }
     }
+    Ok(())
 }
 
 /// The innermost cause of a transport error, for the message.
@@ -875,8 +902,9 @@ mod tests {
             socket: SocketKind::ReadWrite,
             connected_at: std::time::SystemTime::now(),
             cert_subject: None,
+            remote: false,
         };
-        set_identity(&mut headers, &caller);
+        set_identity(&mut headers, &caller).expect("identity");
         let all: Vec<_> = headers.get_all(CALLER_UID_METADATA).iter().collect();
         assert_eq!(all, vec![&HeaderValue::from_static("1000")]);
         assert_eq!(
@@ -888,5 +916,36 @@ mod tests {
             Some(&HeaderValue::from_static("42"))
         );
         assert!(headers.get(CALLER_GROUPS_METADATA).is_none());
+        assert!(headers.get(CALLER_REMOTE_METADATA).is_none());
+    }
+
+    #[test]
+    fn a_remote_callers_identity_names_its_certificate_and_that_it_is_remote() {
+        let mut headers = http::HeaderMap::new();
+        let caller = ClientInfo {
+            id: 1,
+            uid: crate::remote::REMOTE_NOBODY,
+            gid: crate::remote::REMOTE_NOBODY,
+            groups: Vec::new(),
+            pid: None,
+            socket: SocketKind::ReadWrite,
+            connected_at: std::time::SystemTime::now(),
+            cert_subject: Some("C=FR,CN=Zoé".into()),
+            remote: true,
+        };
+        set_identity(&mut headers, &caller).expect("identity");
+        assert_eq!(
+            headers.get(CALLER_CERT_SUBJECT_METADATA).map(|v| v.as_bytes()),
+            Some("C=FR,CN=Zoé".as_bytes())
+        );
+        assert_eq!(
+            headers.get(CALLER_REMOTE_METADATA),
+            Some(&HeaderValue::from_static("1"))
+        );
+        let bad = ClientInfo {
+            cert_subject: Some("CN=a\nb".into()),
+            ..caller
+        };
+        assert!(set_identity(&mut headers, &bad).is_err());
     }
 }

@@ -17,8 +17,9 @@
 //!   any caller over TCP with `auth_tcp = "none"`, may make read and write calls (libvirt gives
 //!   such connections read-write access when no access driver is configured), while privileged
 //!   calls (secret values) stay with local root; the admin service is never served remotely;
-//! - the backend then receives the call as the proxy's own (no `rvirt-caller-*` metadata): the
-//!   proxy already decided.
+//! - the backend then receives the caller's identity as for a local caller, marked remote
+//!   (`rvirt-caller-remote`), and checks again with the same rules: rules that name objects
+//!   (`object = "web-*"`) can only be decided by the driver that resolves the object.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,12 +30,11 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rvirt_daemon::access::AccessControl;
+use rvirt_daemon::access::{AccessControl, Verdict, within};
 use rvirt_daemon::clients::{ClientHandle, PeerIdentity};
 use rvirt_daemon::listen::{RemotePeer, RemoteTransport, SocketKind};
-use rvirt_daemon::policy::{Effect, Policy};
 use rvirt_daemon::{ClientInfo, DaemonContext};
-use rvirt_proto::access::{self as table, AccessLevel};
+use rvirt_proto::access as table;
 use rvirt_proto::error::status;
 use rvirt_proto::v1::{ErrorCode, ErrorDomain};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -526,53 +526,22 @@ fn describe(client: &ClientInfo, peer: &RemotePeer) -> String {
 }
 
 /// Decides whether a remote caller may make the call at gRPC `path`: the admin service never;
-/// else the first rule of `rules` that matches; else read and write calls yes, privileged no.
+/// else as for local callers ([`rvirt_daemon::access::check_with_rules`]): the first rule of the
+/// policy file that matches, else read and write calls yes (the certificate was checked),
+/// privileged ones no. Rules that name objects leave the decision to the driver.
 pub fn check_remote(
     path: &str,
     client: &ClientInfo,
-    peer: &RemotePeer,
-    rules: &Policy,
-) -> Result<(), tonic::Status> {
-    let Some(method) = table::lookup(path) else {
-        return Ok(()); // not part of the contract: the router answers UNIMPLEMENTED
-    };
-    if method.service == "rvirt.v1.AdminService" {
+    access: &AccessControl,
+) -> Result<Verdict, tonic::Status> {
+    if table::lookup(path).is_some_and(|m| m.service == "rvirt.v1.AdminService") {
         return Err(status(
             ErrorCode::OperationUnsupported,
             ErrorDomain::Admin,
             "The admin service is served only on the daemon's admin socket, never over the network",
         ));
     }
-    if let Some(rule) = rules.decide(method.permission, client) {
-        return match rule.effect {
-            Effect::Allow => Ok(()),
-            Effect::Deny => Err(status(
-                ErrorCode::AccessDenied,
-                ErrorDomain::Access,
-                format!(
-                    "{} needs permission {}, which {} (rule {}) denies to {}",
-                    method.method,
-                    method.permission,
-                    rules.source_name(),
-                    rule.number,
-                    describe(client, peer)
-                ),
-            )),
-        };
-    }
-    if method.level == AccessLevel::Privileged {
-        return Err(status(
-            ErrorCode::AccessDenied,
-            ErrorDomain::Access,
-            format!(
-                "{} needs privileged access ({}), which remote callers do not have ({}): run it on the host as root, or allow it in the access policy file",
-                method.method,
-                method.permission,
-                describe(client, peer)
-            ),
-        ));
-    }
-    Ok(())
+    access.check(path, SocketKind::ReadWrite, client)
 }
 
 /// The access check of the remote listeners: turns the connection's [`RemoteConnection`] into
@@ -628,32 +597,31 @@ where
             );
             return Box::pin(std::future::ready(Ok(refused.into_http())));
         };
-        let rules = self.access.rules();
-        if let Err(refused) = check_remote(req.uri().path(), &connection.client, &connection.peer, &rules) {
-            tracing::info!(
-                path = req.uri().path(),
-                caller = describe(&connection.client, &connection.peer),
-                "remote call refused"
-            );
-            return Box::pin(std::future::ready(Ok(refused.into_http())));
-        }
+        let verdict = match check_remote(req.uri().path(), &connection.client, &self.access) {
+            Ok(verdict) => verdict,
+            Err(refused) => {
+                tracing::info!(
+                    path = req.uri().path(),
+                    caller = describe(&connection.client, &connection.peer),
+                    "remote call refused"
+                );
+                return Box::pin(std::future::ready(Ok(refused.into_http())));
+            }
+        };
         req.extensions_mut().insert(connection.client);
         req.extensions_mut().insert(connection.peer);
-        Box::pin(self.inner.call(req))
+        match verdict {
+            Verdict::Allowed => Box::pin(self.inner.call(req)),
+            Verdict::ByObject(gate) => Box::pin(within(gate, self.inner.call(req))),
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rvirt_daemon::policy::Policy;
     use rvirt_proto::error::from_status;
-
-    fn peer() -> RemotePeer {
-        RemotePeer {
-            transport: RemoteTransport::Tls,
-            address: "127.0.0.1:40000".parse().expect("address"),
-        }
-    }
 
     fn client() -> ClientInfo {
         ClientInfo {
@@ -665,11 +633,16 @@ mod tests {
             socket: SocketKind::ReadWrite,
             connected_at: std::time::SystemTime::now(),
             cert_subject: Some("C=GB,CN=client".into()),
+            remote: true,
         }
     }
 
-    fn check(path: &str, rules: &Policy) -> Result<(), tonic::Status> {
-        check_remote(path, &client(), &peer(), rules)
+    fn check(path: &str, rules: &Policy) -> Result<Verdict, tonic::Status> {
+        let base = rvirt_daemon::access::AccessPolicy {
+            daemon_uid: 0,
+            write_group: None,
+        };
+        check_remote(path, &client(), &AccessControl::new(base, rules.clone()))
     }
 
     #[test]

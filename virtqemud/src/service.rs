@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use rvirt::domain::serve::{matches_list_flags, watch_response};
+use rvirt_proto::access;
 use rvirt_proto::error::status;
 use rvirt_proto::v1::domain_service_server::DomainService;
 use rvirt_proto::v1::*;
@@ -184,7 +185,7 @@ impl DomainService for QemuDomainService {
             .all()
             .iter()
             .map(|vm| vm.describe())
-            .filter(|d| matches_list_flags(d, flags))
+            .filter(|d| matches_list_flags(d, flags) && access::visible(&[&d.name, &d.uuid]))
             .collect();
         Ok(Response::new(ListDomainsResponse { domains }))
     }
@@ -259,7 +260,10 @@ impl DomainService for QemuDomainService {
             self.domains
                 .all()
                 .into_iter()
-                .filter(|vm| matches_list_flags(&vm.describe(), list_flags))
+                .filter(|vm| {
+                    let d = vm.describe();
+                    matches_list_flags(&d, list_flags) && access::visible(&[&d.name, &d.uuid])
+                })
                 .collect()
         } else {
             request
@@ -320,8 +324,19 @@ impl DomainService for QemuDomainService {
             .domains
             .events
             .watch(&request.since_epoch, request.since_sequence);
-        let stream = events
-            .filter_map(move |delivery| watch_response(delivery, &epoch, &wanted, filter.as_ref()).map(Ok));
+        // Events of domains the caller may not see are left out, as from lists.
+        let gate = access::current_gate();
+        let stream = events.filter_map(move |delivery| {
+            let response = watch_response(delivery, &epoch, &wanted, filter.as_ref())?;
+            if let (Some(gate), Some(watch_domain_events_response::Message::Event(event))) =
+                (&gate, &response.message)
+                && let Some(domain) = &event.domain
+                && gate.check(&[&domain.name, &domain.uuid]).is_err()
+            {
+                return None;
+            }
+            Some(Ok(response))
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -41,6 +41,13 @@ pub const LIST_PRIVATE: u32 = 4;
 pub const LIST_NO_PRIVATE: u32 = 8;
 const LIST_ALL: u32 = LIST_EPHEMERAL | LIST_NO_EPHEMERAL | LIST_PRIVATE | LIST_NO_PRIVATE;
 
+/// [`rvirt_proto::access::authorize`] on a secret, known by its UUID and its usage id.
+fn authorize(def: &SecretDef) -> Result<(), SecretError> {
+    let usage = def.usage.as_ref().map_or("", |u| u.id.as_str());
+    rvirt_proto::access::authorize(&["secret"], &[&def.uuid, usage])
+        .map_err(|denied| SecretError::new(ErrorCode::AccessDenied, denied.message()))
+}
+
 /// A failed secret operation: libvirt's error number and a sentence saying what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
@@ -310,6 +317,16 @@ impl SecretDriver {
         secrets: &'a BTreeMap<String, SecretObj>,
         key: &SecretKey,
     ) -> Result<&'a SecretObj, SecretError> {
+        let obj = Self::find_unchecked(secrets, key)?;
+        // Access rules that name secrets are decided here, whatever the caller named it by.
+        authorize(&obj.def)?;
+        Ok(obj)
+    }
+
+    fn find_unchecked<'a>(
+        secrets: &'a BTreeMap<String, SecretObj>,
+        key: &SecretKey,
+    ) -> Result<&'a SecretObj, SecretError> {
         match key {
             SecretKey::Uuid(text) => {
                 let uuid = rvirt_conf::xml::canonical_uuid(text).ok_or_else(|| {
@@ -438,6 +455,7 @@ impl SecretDriver {
             ));
         }
         let def = SecretDef::from_xml(xml)?;
+        authorize(&def)?;
         let this = Arc::clone(self);
         // Its own task: a caller that goes away does not cut the operation in half.
         tokio::spawn(async move { this.define_locked(def).await })
@@ -552,6 +570,8 @@ impl SecretDriver {
 
     /// Undefines a secret and removes its value.
     pub async fn undefine(self: &Arc<Self>, key: SecretKey) -> Result<(), SecretError> {
+        // Access is decided in the caller's task, before the work moves to its own.
+        Self::find(&self.read(), &key)?;
         let this = Arc::clone(self);
         tokio::spawn(async move { this.undefine_locked(key).await })
             .await
@@ -598,6 +618,8 @@ impl SecretDriver {
                 ),
             ));
         }
+        // Access is decided in the caller's task, before the work moves to its own.
+        Self::find(&self.read(), &key)?;
         let this = Arc::clone(self);
         tokio::spawn(async move { this.set_value_locked(key, value).await })
             .await

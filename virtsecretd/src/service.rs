@@ -179,7 +179,14 @@ impl SecretService for SecretApi {
     ) -> Result<Response<pb::ListSecretsResponse>, Status> {
         let secrets = self.driver.list(request.into_inner().flags).map_err(err)?;
         Ok(Response::new(pb::ListSecretsResponse {
-            secrets: secrets.iter().map(to_pb).collect(),
+            secrets: secrets
+                .iter()
+                .filter(|s| {
+                    let usage = s.def.usage.as_ref().map_or("", |u| u.id.as_str());
+                    rvirt_proto::access::visible(&[&s.def.uuid, usage])
+                })
+                .map(to_pb)
+                .collect(),
         }))
     }
 
@@ -263,6 +270,7 @@ impl SecretService for SecretApi {
             }
         }
         let epoch = self.driver.events().epoch().to_owned();
+        let gate = rvirt_proto::access::current_gate();
         let stream = self
             .driver
             .events()
@@ -271,6 +279,14 @@ impl SecretService for SecretApi {
                 let message = match delivery {
                     Delivery::Event(e) => {
                         if !filter.matches(&e.event) {
+                            return None;
+                        }
+                        // Events of secrets the caller may not see are left out, as from lists.
+                        let usage = e.event.usage.as_ref().map_or("", |u| u.id.as_str());
+                        if gate
+                            .as_ref()
+                            .is_some_and(|g| g.check(&[&e.event.uuid, usage]).is_err())
+                        {
                             return None;
                         }
                         watch_secret_events_response::Message::Event(event_to_pb(

@@ -222,8 +222,40 @@ struct State {
     pools: BTreeMap<String, PoolObj>,
 }
 
+/// [`rvirt_proto::access::authorize`] as a driver error.
+fn authorize(kinds: &[&str], names: &[&str]) -> Result<()> {
+    rvirt_proto::access::authorize(kinds, names)
+        .map_err(|denied| StorageError::new(ErrorCode::AccessDenied, denied.message()))
+}
+
+/// What access rules may match a volume by: `pool/volume`, its key and its path.
+fn vol_names(pool: &str, name: &str, vol: &VolDef) -> [String; 3] {
+    let path = vol
+        .target
+        .as_ref()
+        .and_then(|t| t.path.clone())
+        .unwrap_or_default();
+    [
+        format!("{pool}/{name}"),
+        vol.key.clone().unwrap_or_default(),
+        path,
+    ]
+}
+
 impl State {
     fn find_name(&self, key: &PoolKey) -> Result<String> {
+        let name = self.find_name_unchecked(key)?;
+        // Access rules that name pools are decided here, whatever the caller named it by.
+        let uuid = self
+            .pools
+            .get(&name)
+            .map(|p| p.def.uuid().to_owned())
+            .unwrap_or_default();
+        authorize(&["storage_pool"], &[&name, &uuid])?;
+        Ok(name)
+    }
+
+    fn find_name_unchecked(&self, key: &PoolKey) -> Result<String> {
         match key {
             PoolKey::Name(name) => self
                 .pools
@@ -256,6 +288,16 @@ impl State {
 
     /// The pool name and volume name a volume key resolves to.
     fn find_vol(&self, key: &VolKey) -> Result<(String, String)> {
+        let (pool, name) = self.find_vol_unchecked(key)?;
+        // Access rules that name volumes are decided here, whatever the caller named it by.
+        if let Some(vol) = self.pools.get(&pool).and_then(|p| p.vols.get(&name)) {
+            let names = vol_names(&pool, &name, &vol.def);
+            authorize(&["storage_vol"], &[&names[0], &names[1], &names[2]])?;
+        }
+        Ok((pool, name))
+    }
+
+    fn find_vol_unchecked(&self, key: &VolKey) -> Result<(String, String)> {
         match key {
             VolKey::Name(pool, name) => {
                 let p = self.pool(pool)?;
@@ -843,6 +885,7 @@ impl StorageDriver {
 
     fn parse_pool(xml: &str) -> Result<PoolDef> {
         let def = PoolDef::from_xml(xml).map_err(|e| StorageError::xml("storage pool", e))?;
+        authorize(&["storage_pool"], &[def.name(), def.uuid()])?;
         backend::check_supported(def.pool_type)?;
         Ok(def)
     }
@@ -1390,6 +1433,12 @@ impl StorageDriver {
     pub fn lookup_by_vol(&self, key: &VolKey) -> Result<PoolSummary> {
         let state = self.lock();
         let (pool, _) = state.find_vol(key)?;
+        let uuid = state
+            .pools
+            .get(&pool)
+            .map(|p| p.def.uuid().to_owned())
+            .unwrap_or_default();
+        authorize(&["storage_pool"], &[&pool, &uuid])?;
         state
             .pools
             .get(&pool)
@@ -1404,7 +1453,8 @@ impl StorageDriver {
             .pools
             .values()
             .find(|p| p.def.target_path() == Some(wanted.as_str()))
-            .map(PoolObj::summary)
+            .map(|p| authorize(&["storage_pool"], &[p.def.name(), p.def.uuid()]).map(|()| p.summary()))
+            .transpose()?
             .ok_or_else(|| StorageError::no_pool(format!("with target path '{path}'")))
     }
 
@@ -1414,7 +1464,7 @@ impl StorageDriver {
             .pools
             .values()
             .map(PoolObj::summary)
-            .filter(|s| list_filter(s, flags))
+            .filter(|s| list_filter(s, flags) && rvirt_proto::access::visible(&[&s.name, &s.uuid]))
             .collect()
     }
 
@@ -1495,6 +1545,8 @@ impl StorageDriver {
         let kind = self.lock().pool(pool)?.def.pool_type;
         let vol = VolDef::from_xml(xml, kind, options).map_err(|e| StorageError::xml("storage volume", e))?;
         check_vol_name(&vol.name)?;
+        let pool_name = self.lock().pool(pool)?.def.name().to_owned();
+        authorize(&["storage_vol"], &[&format!("{pool_name}/{}", vol.name)])?;
         if let Some(enc) = vol.target.as_ref().and_then(|t| t.encryption.as_ref()) {
             check_encryption(kind, &vol, enc)?;
         }

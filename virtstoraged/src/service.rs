@@ -259,6 +259,7 @@ impl StoragePoolService for PoolService {
         };
         let ids = r.event_ids.clone();
         let epoch = self.driver.events.epoch().to_owned();
+        let gate = rvirt_proto::access::current_gate();
         let stream = self
             .driver
             .events
@@ -274,6 +275,13 @@ impl StoragePoolService for PoolService {
                             PoolEventKind::Refresh => StoragePoolEventId::Refresh,
                         } as i32;
                         if !ids.is_empty() && !ids.contains(&id) {
+                            return None;
+                        }
+                        // Events of pools the caller may not see are left out, as from lists.
+                        if gate
+                            .as_ref()
+                            .is_some_and(|g| g.check(&[&e.event.name, &e.event.uuid]).is_err())
+                        {
                             return None;
                         }
                         watch_storage_pool_events_response::Message::Event(event_msg(&e, &epoch))

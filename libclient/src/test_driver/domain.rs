@@ -53,7 +53,15 @@ fn missing_ref() -> Status {
 }
 
 /// The key of the domain a reference names, in the map by name.
+/// The domain a reference names, once the access rules that name domains allow the call on it.
 fn find(objects: &Objects, domain: Option<&DomainRef>) -> Result<String, Status> {
+    let name = find_unchecked(objects, domain)?;
+    let uuid = objects.domains.get(&name).map_or("", |d| d.uuid.as_str());
+    rvirt_proto::access::authorize(&["domain"], &[&name, uuid])?;
+    Ok(name)
+}
+
+fn find_unchecked(objects: &Objects, domain: Option<&DomainRef>) -> Result<String, Status> {
     let key = domain.and_then(|d| d.key.as_ref()).ok_or_else(missing_ref)?;
     let found = match key {
         domain_ref::Key::Name(name) => objects.domains.get(name).map(|d| d.name.clone()),
@@ -156,6 +164,7 @@ impl DomainService for TestDomains {
         request: Request<DefineDomainXmlRequest>,
     ) -> Result<Response<DefineDomainXmlResponse>, Status> {
         let mut parsed = parse_domain(&request.get_ref().xml)?;
+        rvirt_proto::access::authorize(&["domain"], &[&parsed.name, &parsed.uuid])?;
         let mut objects = self.state.lock();
         if let Some(other) = objects
             .domains
@@ -253,6 +262,7 @@ impl DomainService for TestDomains {
     ) -> Result<Response<CreateDomainXmlResponse>, Status> {
         let request = request.into_inner();
         let parsed = parse_domain(&request.xml)?;
+        rvirt_proto::access::authorize(&["domain"], &[&parsed.name, &parsed.uuid])?;
         let paused = flagged(request.flags, DomainCreateFlag::StartPaused as i32);
         let mut objects = self.state.lock();
         if let Some(existing) = objects
@@ -473,7 +483,7 @@ impl DomainService for TestDomains {
             .domains
             .values()
             .map(DomainRecord::summary)
-            .filter(|d| matches_list_flags(d, flags))
+            .filter(|d| matches_list_flags(d, flags) && rvirt_proto::access::visible(&[&d.name, &d.uuid]))
             .collect();
         Ok(Response::new(ListDomainsResponse { domains }))
     }

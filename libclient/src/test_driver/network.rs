@@ -90,7 +90,15 @@ fn invalid(message: String) -> Status {
 }
 
 /// The name (the map key) of the network a reference names.
+/// The network a reference names, once the access rules that name networks allow the call on it.
 fn find(objects: &Objects, network: Option<&NetworkRef>) -> Result<String, Status> {
+    let name = find_unchecked(objects, network)?;
+    let uuid = objects.networks.get(&name).map_or("", |n| n.uuid.as_str());
+    rvirt_proto::access::authorize(&["network", "network_port"], &[&name, uuid])?;
+    Ok(name)
+}
+
+fn find_unchecked(objects: &Objects, network: Option<&NetworkRef>) -> Result<String, Status> {
     let key = network.and_then(|n| n.key.as_ref()).ok_or_else(|| {
         status(
             ErrorCode::InvalidArg,
@@ -155,6 +163,7 @@ impl NetworkService for TestNetworks {
         request: Request<DefineNetworkXmlRequest>,
     ) -> Result<Response<DefineNetworkXmlResponse>, Status> {
         let parsed = parse_network(&request.get_ref().xml)?;
+        rvirt_proto::access::authorize(&["network"], &[&parsed.name, &parsed.uuid])?;
         let mut objects = self.state.lock();
         if let Some(other) = objects
             .networks
@@ -234,6 +243,7 @@ impl NetworkService for TestNetworks {
         request: Request<CreateNetworkXmlRequest>,
     ) -> Result<Response<CreateNetworkXmlResponse>, Status> {
         let parsed = parse_network(&request.get_ref().xml)?;
+        rvirt_proto::access::authorize(&["network"], &[&parsed.name, &parsed.uuid])?;
         let mut objects = self.state.lock();
         if let Some(existing) = objects
             .networks
@@ -322,7 +332,7 @@ impl NetworkService for TestNetworks {
         let networks = objects
             .networks
             .values()
-            .filter(|n| matches_list_flags(n, flags))
+            .filter(|n| matches_list_flags(n, flags) && rvirt_proto::access::visible(&[&n.name, &n.uuid]))
             .map(NetworkRecord::summary)
             .collect();
         Ok(Response::new(ListNetworksResponse { networks }))

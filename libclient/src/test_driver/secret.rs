@@ -118,7 +118,15 @@ fn describe(usage_type: SecretUsageType, id: &str) -> String {
 }
 
 /// The UUID (the map key) of the secret a reference names.
+/// The secret a reference names, once the access rules that name secrets allow the call on it.
 fn find(objects: &Objects, secret: Option<&SecretRef>) -> Result<String, Status> {
+    let uuid = find_unchecked(objects, secret)?;
+    let usage = objects.secrets.get(&uuid).map_or("", |s| s.usage_id.as_str());
+    rvirt_proto::access::authorize(&["secret"], &[&uuid, usage])?;
+    Ok(uuid)
+}
+
+fn find_unchecked(objects: &Objects, secret: Option<&SecretRef>) -> Result<String, Status> {
     let key = secret.and_then(|s| s.key.as_ref()).ok_or_else(|| {
         status(
             ErrorCode::InvalidArg,
@@ -191,6 +199,7 @@ impl SecretService for TestSecrets {
         request: Request<DefineSecretXmlRequest>,
     ) -> Result<Response<DefineSecretXmlResponse>, Status> {
         let mut parsed = parse_secret(&request.get_ref().xml)?;
+        rvirt_proto::access::authorize(&["secret"], &[&parsed.uuid, &parsed.usage_id])?;
         let mut objects = self.state.lock();
         let clash = objects.secrets.values().find(|s| {
             s.uuid != parsed.uuid
@@ -285,6 +294,7 @@ impl SecretService for TestSecrets {
                 )
             })
             .filter(|s| pair(SecretListFlag::Private, SecretListFlag::NoPrivate, s.private))
+            .filter(|s| rvirt_proto::access::visible(&[&s.uuid, &s.usage_id]))
             .map(SecretRecord::summary)
             .collect();
         Ok(Response::new(ListSecretsResponse { secrets }))

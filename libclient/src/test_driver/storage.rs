@@ -228,7 +228,15 @@ fn no_vol(what: String) -> Status {
 }
 
 /// The name (the map key) of the pool a reference names.
+/// The pool a reference names, once the access rules that name pools allow the call on it.
 fn find_pool(objects: &Objects, pool: Option<&StoragePoolRef>) -> Result<String, Status> {
+    let name = find_pool_unchecked(objects, pool)?;
+    let uuid = objects.pools.get(&name).map_or("", |p| p.uuid.as_str());
+    rvirt_proto::access::authorize(&["storage_pool"], &[&name, uuid])?;
+    Ok(name)
+}
+
+fn find_pool_unchecked(objects: &Objects, pool: Option<&StoragePoolRef>) -> Result<String, Status> {
     let key = pool
         .and_then(|p| p.key.as_ref())
         .ok_or_else(|| bad_arg("No storage pool given: set the pool's name or UUID".into()))?;
@@ -280,6 +288,14 @@ fn inactive_pool<'a>(objects: &'a mut Objects, key: &str) -> Result<&'a mut Pool
 /// The (pool name, volume name) a volume reference names. Key and path lookups search the
 /// active pools, as libvirt's do.
 fn find_vol(objects: &Objects, vol: Option<&StorageVolRef>) -> Result<(String, String), Status> {
+    let (pool, name) = find_vol_unchecked(objects, vol)?;
+    if let Some(v) = objects.pools.get(&pool).and_then(|p| p.volumes.get(&name)) {
+        rvirt_proto::access::authorize(&["storage_vol"], &[&format!("{pool}/{name}"), &v.key, &v.path])?;
+    }
+    Ok((pool, name))
+}
+
+fn find_vol_unchecked(objects: &Objects, vol: Option<&StorageVolRef>) -> Result<(String, String), Status> {
     let key = vol.and_then(|v| v.key.as_ref()).ok_or_else(|| {
         bad_arg("No storage volume given: set its pool and name, its key or its path".into())
     })?;
@@ -399,6 +415,7 @@ impl StoragePoolService for TestPools {
         request: Request<DefineStoragePoolXmlRequest>,
     ) -> Result<Response<DefineStoragePoolXmlResponse>, Status> {
         let parsed = parse_pool(&request.get_ref().xml)?;
+        rvirt_proto::access::authorize(&["storage_pool"], &[&parsed.name, &parsed.uuid])?;
         let mut objects = self.state.lock();
         if let Some(other) = objects
             .pools
@@ -465,6 +482,7 @@ impl StoragePoolService for TestPools {
     ) -> Result<Response<CreateStoragePoolXmlResponse>, Status> {
         let request = request.into_inner();
         let mut record = parse_pool(&request.xml)?;
+        rvirt_proto::access::authorize(&["storage_pool"], &[&record.name, &record.uuid])?;
         let mut objects = self.state.lock();
         if let Some(existing) = objects
             .pools
@@ -676,7 +694,7 @@ impl StoragePoolService for TestPools {
         let pools = objects
             .pools
             .values()
-            .filter(|p| matches_list_flags(p, flags))
+            .filter(|p| matches_list_flags(p, flags) && rvirt_proto::access::visible(&[&p.name, &p.uuid]))
             .map(PoolRecord::summary)
             .collect();
         Ok(Response::new(ListStoragePoolsResponse { pools }))
@@ -775,6 +793,7 @@ impl TestVols {
         let pool_key = find_pool(&objects, pool_ref)?;
         let pool = active_pool(&mut objects, &pool_key)?;
         let mut volume = parse_volume(xml, pool)?;
+        rvirt_proto::access::authorize(&["storage_vol"], &[&format!("{pool_key}/{}", volume.name)])?;
         if pool.volumes.contains_key(&volume.name) {
             return Err(status(
                 ErrorCode::StorageVolExist,

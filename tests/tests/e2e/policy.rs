@@ -315,3 +315,197 @@ async fn a_peer_that_does_not_answer_keepalive_pings_is_disconnected() {
         "the daemon closed the connection without pinging first"
     );
 }
+
+const WEB: &str = "0a0b0c0d-0000-4000-8000-00000000000a";
+const DB: &str = "0a0b0c0d-0000-4000-8000-00000000000b";
+const WEB2: &str = "0a0b0c0d-0000-4000-8000-00000000000c";
+
+fn by_uuid(uuid: &str) -> Option<SecretRef> {
+    Some(SecretRef {
+        key: Some(secret_ref::Key::Uuid(uuid.into())),
+    })
+}
+
+async fn define_tls_secret(
+    client: &mut SecretServiceClient<tonic::transport::Channel>,
+    uuid: &str,
+    name: &str,
+) {
+    client
+        .define_secret_xml(DefineSecretXmlRequest {
+            xml: format!("<secret><uuid>{uuid}</uuid><usage type='tls'><name>{name}</name></usage></secret>"),
+            flags: 0,
+        })
+        .await
+        .expect("define a secret");
+}
+
+async fn set_value(client: &mut SecretServiceClient<tonic::transport::Channel>, uuid: &str) {
+    client
+        .set_secret_value(SetSecretValueRequest {
+            secret: by_uuid(uuid),
+            value: b"value".to_vec(),
+        })
+        .await
+        .expect("secret.write is not denied");
+}
+
+/// Asserts that `err` is rule `rule`'s denial of `permission` on `object`.
+fn assert_denied_on(err: &tonic::Status, permission: &str, object: &str, rule: usize) {
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{}", err.message());
+    assert_eq!(from_status(err).code(), ErrorCode::AccessDenied);
+    let on = format!("on '{object}'");
+    let rule = format!("rule {rule}");
+    for part in [permission, on.as_str(), rule.as_str(), "access.toml"] {
+        assert!(err.message().contains(part), "{part}: {}", err.message());
+    }
+}
+
+#[tokio::test]
+async fn an_object_rule_is_decided_on_the_object_however_the_caller_names_it() {
+    let root = TestRoot::new();
+    // The db-* secrets may neither be deleted nor seen by the caller; everything else keeps the
+    // default. The rule names the usage id, the calls name the UUID.
+    write_config(
+        &root,
+        "access.toml",
+        &format!(
+            "[[rule]]\neffect = \"deny\"\npermission = [\"secret.delete\", \"secret.getattr\"]\nuid = {}\nobject = \"db-*\"\n",
+            my_uid()
+        ),
+    );
+    let _secrets = DaemonProcess::start(SECRETS, &root).await;
+    let _proxy = DaemonProcess::start("virtproxyd", &root).await;
+    let mut direct = secrets(&root).await;
+    define_tls_secret(&mut direct, WEB, "web-cert").await;
+    define_tls_secret(&mut direct, DB, "db-cert").await;
+    define_tls_secret(&mut direct, WEB2, "web-2").await;
+
+    // Lookups by UUID are decided on the secret the UUID names.
+    let err = direct
+        .lookup_secret(LookupSecretRequest { secret: by_uuid(DB) })
+        .await
+        .expect_err("db-cert is hidden");
+    assert_denied_on(&err, "secret.getattr", DB, 1);
+    direct
+        .lookup_secret(LookupSecretRequest { secret: by_uuid(WEB) })
+        .await
+        .expect("web-cert is not named by the rule");
+    // Lists leave out what the caller may not see.
+    let listed: Vec<String> = direct
+        .list_secrets(ListSecretsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .secrets
+        .into_iter()
+        .map(|s| s.usage_id)
+        .collect();
+    assert!(
+        listed.contains(&"web-cert".to_owned()) && listed.contains(&"web-2".to_owned()),
+        "{listed:?}"
+    );
+    assert!(!listed.contains(&"db-cert".to_owned()), "{listed:?}");
+
+    // Through the proxy: the proxy cannot tell the object, so the daemon decides.
+    let mut proxied = SecretServiceClient::new(channel(&root.socket("rvirt-sock")).await);
+    let err = proxied
+        .undefine_secret(at(
+            "secret:///system",
+            UndefineSecretRequest { secret: by_uuid(DB) },
+        ))
+        .await
+        .expect_err("db-cert may not be deleted through the proxy");
+    assert_denied_on(&err, "secret.delete", DB, 1);
+    proxied
+        .undefine_secret(at(
+            "secret:///system",
+            UndefineSecretRequest { secret: by_uuid(WEB) },
+        ))
+        .await
+        .expect("web-cert may be deleted through the proxy");
+
+    // Events of hidden secrets are left out: db-cert's value change is set first, web-2's next,
+    // and the first event the watcher gets is web-2's.
+    let mut events = proxied
+        .watch_secret_events(at("secret:///system", WatchSecretEventsRequest::default()))
+        .await
+        .expect("watch")
+        .into_inner();
+    set_value(&mut direct, DB).await;
+    set_value(&mut direct, WEB2).await;
+    let first = tokio::time::timeout(DAEMON_DEADLINE, async {
+        loop {
+            let message = events.message().await.expect("stream").expect("not ended");
+            if let Some(watch_secret_events_response::Message::Event(event)) = message.message {
+                break event;
+            }
+        }
+    })
+    .await
+    .expect("an event within the deadline");
+    assert_eq!(first.secret.expect("identity").uuid, WEB2);
+}
+
+#[tokio::test]
+async fn object_rules_apply_to_the_test_driver_behind_the_proxy() {
+    let root = TestRoot::new();
+    write_config(
+        &root,
+        "access.toml",
+        &format!(
+            "[[rule]]\neffect = \"allow\"\npermission = \"domain.*\"\nuid = {uid}\nobject = \"test\"\n\n[[rule]]\neffect = \"deny\"\npermission = \"domain.start\"\nuid = {uid}\n",
+            uid = my_uid()
+        ),
+    );
+    let _proxy = DaemonProcess::start("virtproxyd", &root).await;
+    let mut domains = DomainServiceClient::new(channel(&root.socket("rvirt-sock")).await);
+    let other = domains
+        .define_domain_xml(at(
+            "test:///default",
+            DefineDomainXmlRequest {
+                xml: "<domain type='test'><name>other</name><memory>1024</memory></domain>".into(),
+                flags: 0,
+            },
+        ))
+        .await
+        .expect("domain.save is not denied")
+        .into_inner()
+        .domain
+        .expect("defined");
+    // Named by its UUID, `other` is still `other`: rule 1 does not name it, rule 2 denies.
+    let err = domains
+        .start_domain(at(
+            "test:///default",
+            StartDomainRequest {
+                domain: Some(DomainRef {
+                    key: Some(domain_ref::Key::Uuid(other.uuid.clone())),
+                }),
+                flags: 0,
+            },
+        ))
+        .await
+        .expect_err("other may not start");
+    assert_denied_on(&err, "domain.start", "other", 2);
+    // `test` is allowed by rule 1 before rule 2 is reached.
+    domains
+        .destroy_domain(at(
+            "test:///default",
+            DestroyDomainRequest {
+                domain: domain("test"),
+                flags: 0,
+            },
+        ))
+        .await
+        .expect("destroy test");
+    domains
+        .start_domain(at(
+            "test:///default",
+            StartDomainRequest {
+                domain: domain("test"),
+                flags: 0,
+            },
+        ))
+        .await
+        .expect("rule 1 allows starting test");
+}

@@ -614,14 +614,17 @@ impl Domains {
                 .find(|vm| vm.lock().run.as_ref().map(|r| r.id as i32) == Some(*id))
                 .cloned(),
         };
-        found.ok_or_else(|| {
+        let vm = found.ok_or_else(|| {
             let what = match key {
                 domain_ref::Key::Name(name) => format!("no domain with matching name '{name}'"),
                 domain_ref::Key::Uuid(uuid) => format!("no domain with matching uuid '{uuid}'"),
                 domain_ref::Key::Id(id) => format!("no domain with matching id {id}"),
             };
             err(ErrorCode::NoDomain, format!("Domain not found: {what}"))
-        })
+        })?;
+        // Access rules that name domains are decided here, whatever the caller named it by.
+        rvirt_proto::access::authorize(&["domain"], &[&vm.lock().name, &vm.uuid])?;
+        Ok(vm)
     }
 
     /// Every domain, sorted by name.
@@ -657,6 +660,7 @@ impl Domains {
     /// Defines (or redefines) a persistent domain.
     pub async fn define(&self, xml: &str) -> Result<Domain, Status> {
         let def = self.parse(xml)?;
+        rvirt_proto::access::authorize(&["domain"], &[&def.name, &def.uuid])?;
         loop {
             let existing = self.check_identity(&def, true)?;
             if let Some(vm) = existing {
@@ -918,6 +922,7 @@ impl Domains {
     /// definition as its live one).
     pub async fn create(&self, xml: &str, paused: bool) -> Result<Arc<Vm>, Status> {
         let def = self.parse(xml)?;
+        rvirt_proto::access::authorize(&["domain"], &[&def.name, &def.uuid])?;
         let vm = match self.check_identity(&def, false)? {
             Some(vm) => vm,
             None => {
