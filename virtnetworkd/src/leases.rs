@@ -4,6 +4,10 @@
 //! The format, one lease per line: IPv4 `EXPIRY MAC IP HOSTNAME CLIENTID`; then a
 //! `duid SERVER-DUID` line and IPv6 `EXPIRY IAID IP HOSTNAME CLIENT-DUID`. `*` stands for an
 //! unknown host name or client id; an expiry of 0 is a lease that never expires.
+//!
+//! dnsmasq records no MAC address for IPv6 leases. When the client's DUID is built from its
+//! Ethernet address (DUID-LLT or DUID-LL, RFC 8415 §11.2 and §11.4: what dhclient, systemd-networkd
+//! and NetworkManager use by default), the lease's MAC is read from it; otherwise it stays empty.
 
 use std::net::IpAddr;
 
@@ -12,7 +16,7 @@ use std::net::IpAddr;
 pub struct Lease {
     /// Expiry as seconds since the epoch; 0 for never.
     pub expiry: u64,
-    /// MAC address (IPv4), empty for IPv6.
+    /// MAC address: IPv4's own, or for IPv6 the one in a link-layer DUID; empty when unknown.
     pub mac: String,
     /// IAID (IPv6), empty for IPv4.
     pub iaid: String,
@@ -46,7 +50,7 @@ pub fn parse(text: &str) -> Vec<Lease> {
         };
         let clientid = parts.get(4).map(|c| field(c)).unwrap_or_default();
         let (mac, iaid) = if ip.is_ipv6() {
-            (String::new(), parts[1].to_owned())
+            (duid_mac(&clientid).unwrap_or_default(), parts[1].to_owned())
         } else {
             (parts[1].to_ascii_lowercase(), String::new())
         };
@@ -60,6 +64,28 @@ pub fn parse(text: &str) -> Vec<Lease> {
         });
     }
     out
+}
+
+/// The Ethernet address inside a DUID written as colon-separated hex: DUID-LLT (type 1: type,
+/// hardware type, 4 bytes of time, address) or DUID-LL (type 3: type, hardware type, address),
+/// hardware type 1 (Ethernet).
+fn duid_mac(duid: &str) -> Option<String> {
+    let bytes = duid
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .ok()?;
+    let address = match bytes.as_slice() {
+        [0, 1, 0, 1, _, _, _, _, address @ ..] | [0, 3, 0, 1, address @ ..] => address,
+        _ => return None,
+    };
+    (address.len() == 6).then(|| {
+        address
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":")
+    })
 }
 
 /// How one lease changed between two readings.
@@ -117,6 +143,26 @@ mod tests {
         assert_eq!(leases[2].iaid, "12345");
         assert_eq!(leases[2].mac, "");
         assert_eq!(leases[2].clientid, "00:04:7e:7d");
+    }
+
+    #[test]
+    fn ipv6_leases_take_the_mac_of_a_link_layer_duid() {
+        let text = "1700000500 1 2001:db8::21 a 00:01:00:01:2c:9e:1f:00:52:54:00:Ab:cD:01\n\
+                    1700000500 2 2001:db8::22 b 00:03:00:01:52:54:00:ab:cd:02\n\
+                    1700000500 3 2001:db8::23 c 00:02:00:00:ab:11:01:02:03:04:05:06\n\
+                    1700000500 4 2001:db8::24 d 00:03:00:20:52:54:00:ab:cd:04\n\
+                    1700000500 5 2001:db8::25 e 00:01:00:01:2c:9e:1f\n";
+        let macs: Vec<String> = parse(text).into_iter().map(|l| l.mac).collect();
+        assert_eq!(
+            macs,
+            [
+                "52:54:00:ab:cd:01", // DUID-LLT, Ethernet
+                "52:54:00:ab:cd:02", // DUID-LL, Ethernet
+                "",                  // DUID-EN: no address in it
+                "",                  // DUID-LL of another hardware type (InfiniBand)
+                "",                  // truncated
+            ]
+        );
     }
 
     #[test]

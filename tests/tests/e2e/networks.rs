@@ -792,6 +792,10 @@ async fn a_dual_stack_network_serves_dhcpv6_and_routes_ipv6() {
     assert_eq!(lease.prefix, 64);
     assert_eq!(lease.iface, BRIDGE);
     assert!(!lease.iaid.is_empty() && !lease.clientid.is_empty(), "{lease:?}");
+    // dnsmasq records no MAC for IPv6; dhclient's DUID-LLT carries the client's own.
+    let guest_mac =
+        String::from_utf8_lossy(&guest.exec(&["cat", "/sys/class/net/eth0/address"]).stdout).into_owned();
+    assert_eq!(lease.mac, guest_mac.trim(), "{lease:?}");
     assert!(
         client_leases.contains(&format!("iaaddr {} ", lease.ipaddr)),
         "the client holds the address the API reports: {client_leases}"
