@@ -44,6 +44,23 @@ impl Env {
         }
     }
 
+    /// A daemon whose access policy file is `policy`.
+    async fn with_policy(policy: &str) -> Env {
+        let root = TestRoot::new();
+        let etc = root.path().join("etc/rvirt");
+        std::fs::create_dir_all(&etc).expect("config dir");
+        std::fs::write(etc.join("access.toml"), policy).expect("policy");
+        let reaper = Reaper::new(&root);
+        let daemon = DaemonProcess::start("virtqemud", &root).await;
+        let client = DomainServiceClient::new(channel(&root.socket("virtqemud-sock")).await);
+        Env {
+            root,
+            daemon,
+            client,
+            _reaper: reaper,
+        }
+    }
+
     async fn restart(&mut self) {
         self.daemon = DaemonProcess::start("virtqemud", &self.root).await;
         self.client = DomainServiceClient::new(channel(&self.root.socket("virtqemud-sock")).await);
@@ -1921,4 +1938,80 @@ async fn a_cdrom_medium_is_inserted_and_ejected_live_and_in_the_definition() {
         said(&out)
     );
     assert!(!inactive_xml(&mut env, "cd").await.contains(&iso_path));
+}
+
+#[tokio::test]
+async fn object_rules_hide_and_protect_domains_however_they_are_named() {
+    if !qemu_present() {
+        return;
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    let mut env = Env::with_policy(&format!(
+        "[[rule]]\neffect = \"deny\"\npermission = [\"domain.start\", \"domain.getattr\"]\nuid = {uid}\nobject = \"db-*\"\n"
+    ))
+    .await;
+    env.define("web-1").await;
+    let db = env.define("db-1").await;
+    // Named by its UUID, db-1 is still db-1.
+    let err = env
+        .client
+        .start_domain(StartDomainRequest {
+            domain: Some(DomainRef {
+                key: Some(domain_ref::Key::Uuid(db.uuid.clone())),
+            }),
+            flags: 0,
+        })
+        .await
+        .expect_err("db-1 may not start");
+    assert_eq!(
+        from_status(&err).code(),
+        ErrorCode::AccessDenied,
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("StartDomain on 'db-1'"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(env.state("db-1").await.0, DomainState::Shutoff);
+    let listed: Vec<String> = env
+        .client
+        .list_domains(ListDomainsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .domains
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    assert_eq!(listed, ["web-1"]);
+    // db-1's events are left out: it is undefined first, web-1 next, and the first event the
+    // watcher sees is web-1's.
+    let mut events = env.events().await;
+    for name in ["db-1", "web-1"] {
+        env.client
+            .undefine_domain(UndefineDomainRequest {
+                domain: Some(by_name(name)),
+                flags: 0,
+            })
+            .await
+            .expect("domain.delete is not denied");
+    }
+    let first = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let message = events
+                .stream
+                .next()
+                .await
+                .expect("stream open")
+                .expect("event stream");
+            if let Some(watch_domain_events_response::Message::Event(event)) = message.message {
+                break event;
+            }
+        }
+    })
+    .await
+    .expect("an event in time");
+    assert_eq!(first.domain.expect("domain").name, "web-1");
 }

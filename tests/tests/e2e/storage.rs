@@ -1251,3 +1251,108 @@ async fn logical_pool_builds_and_starts_its_own_volume_group() {
         .expect("vgs");
     assert!(!out.status.success(), "volume group {vg} still exists");
 }
+
+#[tokio::test]
+async fn object_rules_decide_volumes_by_pool_and_name_however_they_are_named() {
+    let root = TestRoot::new();
+    let uid = nix::unistd::geteuid().as_raw();
+    let etc = root.path().join("etc/rvirt");
+    std::fs::create_dir_all(&etc).expect("config dir");
+    std::fs::write(
+        etc.join("access.toml"),
+        format!(
+            "[[rule]]\neffect = \"deny\"\npermission = \"storage_vol.delete\"\nuid = {uid}\nobject = \"imgs/keep-*\"\n\n\
+             [[rule]]\neffect = \"deny\"\npermission = \"storage_vol.create\"\nuid = {uid}\nobject = \"imgs/no-*\"\n\n\
+             [[rule]]\neffect = \"deny\"\npermission = \"storage_pool.getattr\"\nuid = {uid}\nobject = \"hidden\"\n"
+        ),
+    )
+    .expect("policy");
+    let daemon = DaemonProcess::start("virtstoraged", &root).await;
+    let (pools, vols) = connect(&root).await;
+    let mut env = Env {
+        root,
+        daemon,
+        pools,
+        vols,
+    };
+    let imgs = running_pool(&mut env, "imgs").await;
+    running_pool(&mut env, "hidden").await;
+    let denied_on = |err: &tonic::Status, object: &str, rule: &str| {
+        assert_eq!(code(err), ErrorCode::AccessDenied, "{}", err.message());
+        let on = format!("on '{object}'");
+        assert!(
+            err.message().contains(&on) && err.message().contains(rule),
+            "{}",
+            err.message()
+        );
+    };
+
+    create_vol(&mut env, "imgs", &raw_vol("keep-1.raw", 1 << 20, 0))
+        .await
+        .expect("keep-1 may be created");
+    create_vol(&mut env, "imgs", &raw_vol("a.raw", 1 << 20, 0))
+        .await
+        .expect("a may be created");
+    // A new volume is decided by the name its XML gives it.
+    let err = create_vol(&mut env, "imgs", &raw_vol("no-1.raw", 1 << 20, 0))
+        .await
+        .expect_err("no-* may not be created");
+    denied_on(&err, "imgs/no-1.raw", "rule 2");
+    assert!(!imgs.join("no-1.raw").exists());
+
+    // Named by its path, keep-1 is still imgs/keep-1.raw.
+    let by_path = |path: PathBuf| {
+        Some(StorageVolRef {
+            key: Some(storage_vol_ref::Key::Path(path.display().to_string())),
+        })
+    };
+    let err = env
+        .vols
+        .delete_storage_vol(DeleteStorageVolRequest {
+            vol: by_path(imgs.join("keep-1.raw")),
+            flags: 0,
+        })
+        .await
+        .expect_err("keep-* may not be deleted");
+    denied_on(&err, "imgs/keep-1.raw", "rule 1");
+    assert!(imgs.join("keep-1.raw").exists(), "the volume is still there");
+    env.vols
+        .delete_storage_vol(DeleteStorageVolRequest {
+            vol: by_path(imgs.join("a.raw")),
+            flags: 0,
+        })
+        .await
+        .expect("a may be deleted");
+
+    // The hidden pool is left out of lists and refused to lookups, even through one of its
+    // volumes' paths.
+    let listed: Vec<String> = env
+        .pools
+        .list_storage_pools(ListStoragePoolsRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .pools
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(listed, ["imgs"]);
+    let err = env
+        .pools
+        .lookup_storage_pool(LookupStoragePoolRequest {
+            key: Some(lookup_storage_pool_request::Key::Pool(
+                by_name("hidden").expect("ref"),
+            )),
+        })
+        .await
+        .expect_err("hidden is hidden");
+    denied_on(&err, "hidden", "rule 3");
+    env.pools
+        .lookup_storage_pool(LookupStoragePoolRequest {
+            key: Some(lookup_storage_pool_request::Key::Volume(
+                vol_ref("imgs", "keep-1.raw").expect("ref"),
+            )),
+        })
+        .await
+        .expect("imgs may be looked up through its volume");
+}
