@@ -104,6 +104,15 @@ impl TestRoot {
         self.path().join("run/rvirt")
     }
 
+    /// Writes `<root>/etc/rvirt/<name>` (the system daemons' configuration directory: a
+    /// daemon's `.conf`, `access.toml`) and returns its path.
+    pub fn write_config(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.path().join("etc/rvirt").join(name);
+        std::fs::create_dir_all(path.parent().expect("config dir")).expect("create the config dir");
+        std::fs::write(&path, text).expect("write the config file");
+        path
+    }
+
     /// A system-mode socket of a daemon, by file name (`virtqemud-sock`).
     pub fn socket(&self, name: &str) -> PathBuf {
         self.run_dir().join(name)

@@ -246,13 +246,14 @@ impl State {
     fn find_name(&self, key: &PoolKey) -> Result<String> {
         let name = self.find_name_unchecked(key)?;
         // Access rules that name pools are decided here, whatever the caller named it by.
-        let uuid = self
-            .pools
-            .get(&name)
-            .map(|p| p.def.uuid().to_owned())
-            .unwrap_or_default();
-        authorize(&["storage_pool"], &[&name, &uuid])?;
+        self.authorize_pool(&name)?;
         Ok(name)
+    }
+
+    /// [`authorize`] on pool `name`, known by its name and UUID.
+    fn authorize_pool(&self, name: &str) -> Result<()> {
+        let uuid = self.pools.get(name).map_or("", |p| p.def.uuid());
+        authorize(&["storage_pool"], &[name, uuid])
     }
 
     fn find_name_unchecked(&self, key: &PoolKey) -> Result<String> {
@@ -1433,12 +1434,7 @@ impl StorageDriver {
     pub fn lookup_by_vol(&self, key: &VolKey) -> Result<PoolSummary> {
         let state = self.lock();
         let (pool, _) = state.find_vol(key)?;
-        let uuid = state
-            .pools
-            .get(&pool)
-            .map(|p| p.def.uuid().to_owned())
-            .unwrap_or_default();
-        authorize(&["storage_pool"], &[&pool, &uuid])?;
+        state.authorize_pool(&pool)?;
         state
             .pools
             .get(&pool)

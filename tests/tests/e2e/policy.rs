@@ -4,8 +4,6 @@
 //! bad policy, `max_clients` refusing a client with a clear error, and HTTP/2 keepalive closing a
 //! peer that does not answer pings.
 
-use std::path::PathBuf;
-
 use nix::sys::signal::Signal;
 use rvirt_e2e::{DAEMON_DEADLINE, DaemonOptions, DaemonProcess, TestRoot, channel};
 use rvirt_proto::error::from_status;
@@ -22,14 +20,6 @@ const UUID: &str = "6dd3e4a5-1d76-44ce-961f-f119f5aad935";
 /// The uid the test runs as, which the daemons see over SO_PEERCRED.
 fn my_uid() -> u32 {
     nix::unistd::geteuid().as_raw()
-}
-
-/// Writes `<root>/etc/rvirt/<name>` (the system daemons' configuration directory).
-fn write_config(root: &TestRoot, name: &str, text: &str) -> PathBuf {
-    let path = root.path().join("etc/rvirt").join(name);
-    std::fs::create_dir_all(path.parent().expect("config dir")).expect("create the config dir");
-    std::fs::write(&path, text).expect("write the config file");
-    path
 }
 
 fn deny(permission: &str, uid: u32) -> String {
@@ -98,7 +88,7 @@ async fn sighup(daemon: &mut DaemonProcess) {
 #[tokio::test]
 async fn a_rule_denying_domain_start_to_the_callers_uid_refuses_it_through_the_proxy() {
     let root = TestRoot::new();
-    write_config(&root, "access.toml", &deny("domain.start", my_uid()));
+    root.write_config("access.toml", &deny("domain.start", my_uid()));
     let _proxy = DaemonProcess::start("virtproxyd", &root).await;
     let mut domains = DomainServiceClient::new(channel(&root.socket("rvirt-sock")).await);
     // Other calls, reads and writes, still pass.
@@ -142,7 +132,7 @@ async fn sighup_puts_a_changed_policy_file_in_force() {
     let mut daemon = DaemonProcess::start(SECRETS, &root).await;
     let mut client = secrets(&root).await;
     define_secret(&mut client).await;
-    write_config(&root, "access.toml", &deny("secret.delete", my_uid()));
+    root.write_config("access.toml", &deny("secret.delete", my_uid()));
     sighup(&mut daemon).await;
     let err = undefine(&mut client)
         .await
@@ -163,7 +153,7 @@ async fn sighup_puts_a_changed_policy_file_in_force() {
 #[tokio::test]
 async fn a_policy_that_does_not_parse_is_refused_on_reload_and_the_old_one_stays() {
     let root = TestRoot::new();
-    let policy = write_config(&root, "access.toml", &deny("secret.delete", my_uid()));
+    let policy = root.write_config("access.toml", &deny("secret.delete", my_uid()));
     let mut daemon = DaemonProcess::start(SECRETS, &root).await;
     let mut client = secrets(&root).await;
     define_secret(&mut client).await;
@@ -185,8 +175,7 @@ async fn a_policy_that_does_not_parse_is_refused_on_reload_and_the_old_one_stays
 #[tokio::test]
 async fn a_daemon_with_an_invalid_policy_refuses_to_start_naming_the_problem() {
     let root = TestRoot::new();
-    write_config(
-        &root,
+    root.write_config(
         "access.toml",
         "[[rule]]\neffect = \"deny\"\npermission = \"secret.delet\"\n",
     );
@@ -204,14 +193,12 @@ async fn access_policy_file_points_a_daemon_to_another_policy() {
     let root = TestRoot::new();
     let custom = root.path().join("custom-access.toml");
     std::fs::write(&custom, deny("connect.search_secrets", my_uid())).expect("custom policy");
-    write_config(
-        &root,
+    root.write_config(
         "virtsecretd.conf",
         &format!("access_policy_file = \"{}\"\n", custom.display()),
     );
     // The default file allows everything it names; the custom one is in force.
-    write_config(
-        &root,
+    root.write_config(
         "access.toml",
         "[[rule]]\neffect = \"allow\"\npermission = \"*\"\n",
     );
@@ -232,7 +219,7 @@ async fn access_policy_file_points_a_daemon_to_another_policy() {
 #[tokio::test]
 async fn a_client_beyond_max_clients_gets_a_clear_error_and_the_others_keep_working() {
     let root = TestRoot::new();
-    write_config(&root, "virtsecretd.conf", "max_clients = 2\n");
+    root.write_config("virtsecretd.conf", "max_clients = 2\n");
     let _daemon = DaemonProcess::start(SECRETS, &root).await;
     let mut first = HostServiceClient::new(channel(&root.socket("virtsecretd-sock")).await);
     let mut second = HostServiceClient::new(channel(&root.socket("virtsecretd-sock-ro")).await);
@@ -270,8 +257,7 @@ const ACK: u8 = 0x1;
 #[tokio::test]
 async fn a_peer_that_does_not_answer_keepalive_pings_is_disconnected() {
     let root = TestRoot::new();
-    write_config(
-        &root,
+    root.write_config(
         "virtsecretd.conf",
         "keepalive_interval = 1\nkeepalive_count = 1\n",
     );
@@ -366,9 +352,7 @@ async fn an_object_rule_is_decided_on_the_object_however_the_caller_names_it() {
     let root = TestRoot::new();
     // The db-* secrets may neither be deleted nor seen by the caller; everything else keeps the
     // default. The rule names the usage id, the calls name the UUID.
-    write_config(
-        &root,
-        "access.toml",
+    root.write_config("access.toml",
         &format!(
             "[[rule]]\neffect = \"deny\"\npermission = [\"secret.delete\", \"secret.getattr\"]\nuid = {}\nobject = \"db-*\"\n",
             my_uid()
@@ -450,9 +434,7 @@ async fn an_object_rule_is_decided_on_the_object_however_the_caller_names_it() {
 #[tokio::test]
 async fn object_rules_apply_to_the_test_driver_behind_the_proxy() {
     let root = TestRoot::new();
-    write_config(
-        &root,
-        "access.toml",
+    root.write_config("access.toml",
         &format!(
             "[[rule]]\neffect = \"allow\"\npermission = \"domain.*\"\nuid = {uid}\nobject = \"test\"\n\n[[rule]]\neffect = \"deny\"\npermission = \"domain.start\"\nuid = {uid}\n",
             uid = my_uid()

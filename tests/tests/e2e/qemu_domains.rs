@@ -32,24 +32,17 @@ struct Env {
 
 impl Env {
     async fn new() -> Env {
-        let root = TestRoot::new();
-        let reaper = Reaper::new(&root);
-        let daemon = DaemonProcess::start("virtqemud", &root).await;
-        let client = DomainServiceClient::new(channel(&root.socket("virtqemud-sock")).await);
-        Env {
-            root,
-            daemon,
-            client,
-            _reaper: reaper,
-        }
+        Env::in_root(TestRoot::new()).await
     }
 
     /// A daemon whose access policy file is `policy`.
     async fn with_policy(policy: &str) -> Env {
         let root = TestRoot::new();
-        let etc = root.path().join("etc/rvirt");
-        std::fs::create_dir_all(&etc).expect("config dir");
-        std::fs::write(etc.join("access.toml"), policy).expect("policy");
+        root.write_config("access.toml", policy);
+        Env::in_root(root).await
+    }
+
+    async fn in_root(root: TestRoot) -> Env {
         let reaper = Reaper::new(&root);
         let daemon = DaemonProcess::start("virtqemud", &root).await;
         let client = DomainServiceClient::new(channel(&root.socket("virtqemud-sock")).await);

@@ -1256,17 +1256,14 @@ async fn logical_pool_builds_and_starts_its_own_volume_group() {
 async fn object_rules_decide_volumes_by_pool_and_name_however_they_are_named() {
     let root = TestRoot::new();
     let uid = nix::unistd::geteuid().as_raw();
-    let etc = root.path().join("etc/rvirt");
-    std::fs::create_dir_all(&etc).expect("config dir");
-    std::fs::write(
-        etc.join("access.toml"),
-        format!(
+    root.write_config(
+        "access.toml",
+        &format!(
             "[[rule]]\neffect = \"deny\"\npermission = \"storage_vol.delete\"\nuid = {uid}\nobject = \"imgs/keep-*\"\n\n\
              [[rule]]\neffect = \"deny\"\npermission = \"storage_vol.create\"\nuid = {uid}\nobject = \"imgs/no-*\"\n\n\
              [[rule]]\neffect = \"deny\"\npermission = \"storage_pool.getattr\"\nuid = {uid}\nobject = \"hidden\"\n"
         ),
-    )
-    .expect("policy");
+    );
     let daemon = DaemonProcess::start("virtstoraged", &root).await;
     let (pools, vols) = connect(&root).await;
     let mut env = Env {
