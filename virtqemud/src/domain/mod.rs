@@ -230,6 +230,21 @@ pub struct Domains {
     next_id: AtomicU32,
     generation: std::sync::atomic::AtomicU64,
     this: Weak<Domains>,
+    /// Writes a definition file: [`rvirt_daemon::atomic::write_atomic`]; tests put a slow one.
+    write_file: FileWriter,
+}
+
+/// How [`Domains`] writes a definition file (path, contents, mode), on a blocking thread.
+#[derive(Clone)]
+pub struct FileWriter(Arc<WriteFile>);
+
+/// Writes `path` with `data` and file mode `mode`, durably.
+type WriteFile = dyn Fn(&Path, &[u8], u32) -> std::io::Result<()> + Send + Sync;
+
+impl std::fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileWriter")
+    }
 }
 
 /// Errors: libvirt's codes, in the QEMU error domain.
@@ -303,6 +318,23 @@ pub fn xml_status(e: &rvirt_conf::xml::XmlError) -> Status {
 impl Domains {
     /// A driver with no domains yet; [`Domains::init`] loads them.
     pub fn new(caps: Arc<QemuCaps>, paths: DomainPaths, resource_ctx: resources::Context) -> Arc<Domains> {
+        Self::with_writer(
+            caps,
+            paths,
+            resource_ctx,
+            FileWriter(Arc::new(|path, data, mode| {
+                rvirt_daemon::atomic::write_atomic(path, data, mode)
+            })),
+        )
+    }
+
+    /// [`Domains::new`] with `write_file` writing the definition files.
+    fn with_writer(
+        caps: Arc<QemuCaps>,
+        paths: DomainPaths,
+        resource_ctx: resources::Context,
+        write_file: FileWriter,
+    ) -> Arc<Domains> {
         Arc::new_cyclic(|this| Domains {
             caps,
             paths,
@@ -312,6 +344,7 @@ impl Domains {
             next_id: AtomicU32::new(1),
             generation: std::sync::atomic::AtomicU64::new(1),
             this: this.clone(),
+            write_file,
         })
     }
 
@@ -645,7 +678,9 @@ impl Domains {
         DomainDef::parse_with(xml, ParseFlags::default(), &self.defaults()).map_err(|e| xml_status(&e))
     }
 
-    fn save_config(&self, def: &DomainDef) -> Result<(), Status> {
+    /// Writes `def`'s file, durably, on a blocking thread: the worker threads go on serving
+    /// other calls while the disk works, and no registry lock is held meanwhile.
+    async fn save_config(&self, def: &DomainDef) -> Result<(), Status> {
         let xml = def.format(FormatFlags::default()).map_err(|e| {
             err(
                 ErrorCode::InternalError,
@@ -653,13 +688,24 @@ impl Domains {
             )
         })?;
         let path = self.paths.config_file(&def.name);
-        rvirt_daemon::atomic::write_atomic(&path, xml.as_bytes(), 0o600)
-            .map_err(|e| io_error("save the definition to", &path, &e))
+        let write_file = self.write_file.clone();
+        let (path, written) = tokio::task::spawn_blocking(move || {
+            let written = (write_file.0)(&path, xml.as_bytes(), 0o600);
+            (path, written)
+        })
+        .await
+        .map_err(|e| {
+            err(
+                ErrorCode::InternalError,
+                format!("The definition writer failed: {e}"),
+            )
+        })?;
+        written.map_err(|e| io_error("save the definition to", &path, &e))
     }
 
     /// Defines (or redefines) a persistent domain.
     pub async fn define(&self, xml: &str) -> Result<Domain, Status> {
-        let def = self.parse(xml)?;
+        let def = Arc::new(self.parse(xml)?);
         rvirt_proto::access::authorize(&["domain"], &[&def.name, &def.uuid])?;
         loop {
             let existing = self.check_identity(&def, true)?;
@@ -669,10 +715,10 @@ impl Domains {
                 if !self.is_registered(&vm) {
                     continue;
                 }
-                self.save_config(&def)?;
+                self.save_config(&def).await?;
                 let domain = {
                     let mut inner = vm.lock();
-                    inner.config = Some(Arc::new(def));
+                    inner.config = Some(Arc::clone(&def));
                     describe(&vm.uuid, &inner)
                 };
                 self.emit(
@@ -684,18 +730,39 @@ impl Domains {
                 );
                 return Ok(domain);
             }
-            let mut registry = self.registry_mut();
-            if registry.by_name.contains_key(&def.name) || registry.uuid_to_name.contains_key(&def.uuid) {
-                // Raced with another define of the same domain: go round again.
-                drop(registry);
+            let vm = Arc::new(Vm::new(
+                def.uuid.clone(),
+                def.name.clone(),
+                Some(Arc::clone(&def)),
+            ));
+            // The new domain holds its job until its file is on disk: a start, an undefine or
+            // a redefine waits for it, lookups do not. As in libvirt, it is listed from now on
+            // and removed again if its file cannot be written.
+            let Ok(job) = vm.job.try_lock() else {
                 continue;
+            };
+            {
+                let mut registry = self.registry_mut();
+                if registry.by_name.contains_key(&def.name) || registry.uuid_to_name.contains_key(&def.uuid) {
+                    // Raced with another define of the same domain: go round again.
+                    continue;
+                }
+                registry.uuid_to_name.insert(vm.uuid.clone(), def.name.clone());
+                registry.by_name.insert(def.name.clone(), Arc::clone(&vm));
             }
-            self.save_config(&def)?;
-            let name = def.name.clone();
-            let vm = Arc::new(Vm::new(def.uuid.clone(), name.clone(), Some(Arc::new(def))));
-            registry.uuid_to_name.insert(vm.uuid.clone(), name.clone());
-            registry.by_name.insert(name, Arc::clone(&vm));
-            drop(registry);
+            if let Err(e) = self.save_config(&def).await {
+                let mut registry = self.registry_mut();
+                if registry
+                    .by_name
+                    .get(&def.name)
+                    .is_some_and(|v| Arc::ptr_eq(v, &vm))
+                {
+                    registry.by_name.remove(&def.name);
+                    registry.uuid_to_name.remove(&vm.uuid);
+                }
+                return Err(e);
+            }
+            drop(job);
             self.emit(
                 vm.identity(),
                 lifecycle(
@@ -1770,4 +1837,117 @@ async fn fill_vnc_port(qmp: &QmpClient, def: &mut DomainDef) -> Result<(), crate
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    fn xml(name: &str) -> String {
+        format!(
+            "<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory><os><type arch='x86_64'>hvm</type></os></domain>"
+        )
+    }
+
+    /// Domains whose definition writes wait for a token on the returned sender and announce
+    /// themselves on the returned receiver; a token `false` fails the write.
+    fn domains_with_gated_writer(
+        dir: &Path,
+    ) -> (
+        Arc<Domains>,
+        mpsc::Sender<bool>,
+        tokio::sync::mpsc::UnboundedReceiver<PathBuf>,
+    ) {
+        let (entered_tx, entered_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (release_tx, release_rx) = mpsc::channel::<bool>();
+        let release_rx = Mutex::new(release_rx);
+        let writer = FileWriter(Arc::new(move |path: &Path, data: &[u8], mode: u32| {
+            let _ = entered_tx.send(path.to_owned());
+            let ok = release_rx
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .recv()
+                .map_err(std::io::Error::other)?;
+            if !ok {
+                return Err(std::io::Error::other("the disk is full"));
+            }
+            rvirt_daemon::atomic::write_atomic(path, data, mode)
+        }));
+        let caps = Arc::new(QemuCaps::new(crate::caps::CapsConfig::new(
+            &dir.join("data"),
+            &dir.join("run"),
+        )));
+        let paths = DomainPaths::new(&dir.join("etc"), &dir.join("run"), &dir.join("log"));
+        for sub in ["etc", "run", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).expect("dirs");
+        }
+        let domains = Domains::with_writer(
+            caps,
+            paths,
+            resources::Context {
+                mode: resources::Mode::System,
+            },
+            writer,
+        );
+        (domains, release_tx, entered_rx)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lookups_and_lists_do_not_wait_for_a_definition_on_its_way_to_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (domains, release, mut entered) = domains_with_gated_writer(dir.path());
+        release.send(true).expect("token");
+        domains.define(&xml("first")).await.expect("define first");
+        entered.recv().await.expect("first was written");
+
+        let defining = tokio::spawn({
+            let domains = Arc::clone(&domains);
+            async move { domains.define(&xml("second")).await }
+        });
+        let path = entered.recv().await.expect("the second write started");
+        assert!(path.ends_with("second.xml"), "{}", path.display());
+        // The write is stuck; reads go on, on another thread, within a deadline.
+        let reads = tokio::task::spawn_blocking({
+            let domains = Arc::clone(&domains);
+            move || {
+                let first = domains.find(Some(&DomainRef {
+                    key: Some(domain_ref::Key::Name("first".into())),
+                }));
+                let names: Vec<String> = domains.all().iter().map(|vm| vm.describe().name).collect();
+                (first.is_ok(), names)
+            }
+        });
+        let (found, names) = tokio::time::timeout(Duration::from_secs(10), reads)
+            .await
+            .expect("reads do not wait for the disk")
+            .expect("reads ran");
+        assert!(found);
+        assert_eq!(
+            names,
+            ["first", "second"],
+            "listed while its file is written, as in libvirt"
+        );
+        assert!(!defining.is_finished());
+        release.send(true).expect("token");
+        defining.await.expect("task").expect("define second");
+        assert!(dir.path().join("etc/second.xml").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_definition_that_cannot_be_written_is_not_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (domains, release, _entered) = domains_with_gated_writer(dir.path());
+        release.send(false).expect("token");
+        let err = domains.define(&xml("lost")).await.expect_err("the write fails");
+        assert!(err.message().contains("the disk is full"), "{}", err.message());
+        assert!(domains.all().is_empty());
+        // The name is free again.
+        release.send(true).expect("token");
+        domains
+            .define(&xml("lost"))
+            .await
+            .expect("defined on the second try");
+    }
 }

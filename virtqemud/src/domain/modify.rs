@@ -105,8 +105,8 @@ fn apply(
 
 impl Domains {
     /// Writes `def` as `vm`'s definition and makes it the one in force.
-    fn store_config(&self, vm: &Vm, def: DomainDef) -> Result<(), Status> {
-        self.save_config(&def)?;
+    async fn store_config(&self, vm: &Vm, def: DomainDef) -> Result<(), Status> {
+        self.save_config(&def).await?;
         vm.lock().config = Some(Arc::new(def));
         Ok(())
     }
@@ -144,38 +144,59 @@ impl Domains {
                 "'{new_name}' is not a valid domain name: it must be non-empty, without '/' or a new line"
             )));
         }
-        let mut registry = self.registry_mut();
-        if registry.by_name.contains_key(new_name) {
-            return Err(err(
-                ErrorCode::OperationInvalid,
-                format!("Requested operation is not valid: domain with name '{new_name}' already exists"),
-            ));
+        {
+            let mut registry = self.registry_mut();
+            if registry.by_name.contains_key(new_name) {
+                return Err(err(
+                    ErrorCode::OperationInvalid,
+                    format!("Requested operation is not valid: domain with name '{new_name}' already exists"),
+                ));
+            }
+            // The new name is taken now; the files are written without the registry lock.
+            registry.by_name.insert(new_name.to_owned(), Arc::clone(vm));
         }
+        let release_new_name = || {
+            let mut registry = self.registry_mut();
+            if registry.by_name.get(new_name).is_some_and(|v| Arc::ptr_eq(v, vm)) {
+                registry.by_name.remove(new_name);
+            }
+        };
         let mut def = (*config).clone();
         def.name = new_name.to_owned();
-        self.save_config(&def)?;
-        let old_file = self.paths.config_file(&old_name);
-        let old_link = self.paths.autostart_link(&old_name);
-        let moved = (|| {
-            if autostart {
-                let link = self.paths.autostart_link(new_name);
-                let _ = std::fs::remove_file(&link);
-                std::os::unix::fs::symlink(self.paths.config_file(new_name), &link)
-                    .map_err(|e| io_error("create the autostart link", &link, &e))?;
-            }
-            rvirt_daemon::atomic::remove_durable(&old_file).map_err(|e| io_error("remove", &old_file, &e))
-        })();
-        if let Err(e) = moved {
-            // Back to the old name: the new files go, the old definition stays in force.
-            let _ = std::fs::remove_file(self.paths.autostart_link(new_name));
-            let _ = rvirt_daemon::atomic::remove_durable(&self.paths.config_file(new_name));
+        if let Err(e) = self.save_config(&def).await {
+            release_new_name();
             return Err(e);
         }
-        if autostart && let Err(e) = rvirt_daemon::atomic::remove_durable(&old_link) {
-            tracing::warn!(link = %old_link.display(), error = %e, "cannot remove the old autostart link");
+        let old_file = self.paths.config_file(&old_name);
+        let old_link = self.paths.autostart_link(&old_name);
+        let new_file = self.paths.config_file(new_name);
+        let new_link = self.paths.autostart_link(new_name);
+        let moved = tokio::task::spawn_blocking(move || {
+            let moved = (|| {
+                if autostart {
+                    let _ = std::fs::remove_file(&new_link);
+                    std::os::unix::fs::symlink(&new_file, &new_link)
+                        .map_err(|e| io_error("create the autostart link", &new_link, &e))?;
+                }
+                rvirt_daemon::atomic::remove_durable(&old_file).map_err(|e| io_error("remove", &old_file, &e))
+            })();
+            if moved.is_err() {
+                // Back to the old name: the new files go, the old definition stays in force.
+                let _ = std::fs::remove_file(&new_link);
+                let _ = rvirt_daemon::atomic::remove_durable(&new_file);
+            } else if autostart && let Err(e) = rvirt_daemon::atomic::remove_durable(&old_link) {
+                tracing::warn!(link = %old_link.display(), error = %e, "cannot remove the old autostart link");
+            }
+            moved
+        })
+        .await
+        .unwrap_or_else(|e| Err(err(ErrorCode::InternalError, format!("The rename failed: {e}"))));
+        if let Err(e) = moved {
+            release_new_name();
+            return Err(e);
         }
+        let mut registry = self.registry_mut();
         registry.by_name.remove(&old_name);
-        registry.by_name.insert(new_name.to_owned(), Arc::clone(vm));
         registry.uuid_to_name.insert(vm.uuid.clone(), new_name.to_owned());
         let (before, after) = {
             let mut inner = vm.lock();
@@ -239,7 +260,7 @@ impl Domains {
             None
         };
         if let Some(def) = new_config {
-            self.store_config(vm, def)?;
+            self.store_config(vm, def).await?;
         }
         if let Some(def) = new_live {
             if let Some(run) = vm.lock().run.as_mut() {
@@ -396,7 +417,7 @@ impl Domains {
             })?;
         }
         if let Some(def) = new_config {
-            self.store_config(vm, def)?;
+            self.store_config(vm, def).await?;
         }
         Ok(())
     }
@@ -421,7 +442,7 @@ impl Domains {
         })?;
         let mut def = (*config).clone();
         set_vcpus_of(&mut def, count, maximum)?;
-        self.store_config(vm, def)?;
+        self.store_config(vm, def).await?;
         Ok(())
     }
 }
@@ -570,7 +591,7 @@ impl Domains {
             _ => {}
         }
         let new = self.with_fragment(&config, xml)?;
-        self.store_config(vm, new)?;
+        self.store_config(vm, new).await?;
         Ok(())
     }
 
@@ -651,7 +672,7 @@ impl Domains {
         };
         let mut def = (*config).clone();
         def.devices.list.remove(index);
-        self.store_config(vm, def)?;
+        self.store_config(vm, def).await?;
         Ok(())
     }
 }
@@ -778,7 +799,7 @@ impl Domains {
             self.write_status(vm);
         }
         if let Some(def) = new_config {
-            self.store_config(vm, def)?;
+            self.store_config(vm, def).await?;
         }
         Ok(())
     }
