@@ -372,6 +372,20 @@ async fn a_first_message_that_is_no_greeting_is_refused() {
 }
 
 #[tokio::test]
+async fn an_event_sent_before_the_greeting_is_skipped() {
+    let fake = FakeQemu::new();
+    let path = fake.path.clone();
+    let client = tokio::spawn(async move { QmpClient::connect(&path, QmpOptions::default()).await });
+    let mut conn = fake.accept().await;
+    // What QEMU sent a test once when its guest was not started with -S.
+    conn.send(json!({"timestamp": {"seconds": 1763924000, "microseconds": 1}, "event": "RESUME"}))
+        .await;
+    conn.handshake().await;
+    let (client, _events) = within("connect", client).await.expect("task").expect("connect");
+    assert_eq!(client.greeting().version.qemu.to_string(), "10.0.2");
+}
+
+#[tokio::test]
 async fn connecting_to_a_missing_socket_fails_with_its_path() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("none.sock");

@@ -278,15 +278,30 @@ impl QmpClient {
         let (read, write) = tokio::io::split(stream);
         let mut reader = BufReader::new(read);
         let max = options.max_message_bytes;
-        let first = tokio::time::timeout(options.greeting_timeout, read_message(&mut reader, max))
-            .await
-            .map_err(|_| QmpError::Timeout {
-                command: "greeting".into(),
-                timeout: options.greeting_timeout,
-            })??
-            .ok_or_else(|| QmpError::Disconnected {
-                reason: "QEMU closed the connection before its greeting".into(),
-            })?;
+        // QEMU can emit an event (a guest started without -S: RESUME) on a connection it has
+        // accepted but not yet greeted; such events predate the client and are skipped.
+        let first = tokio::time::timeout(options.greeting_timeout, async {
+            loop {
+                let message =
+                    read_message(&mut reader, max)
+                        .await?
+                        .ok_or_else(|| QmpError::Disconnected {
+                            reason: "QEMU closed the connection before its greeting".into(),
+                        })?;
+                if !is_event(&message) {
+                    return Ok::<_, QmpError>(message);
+                }
+                tracing::debug!(
+                    event = %String::from_utf8_lossy(&message),
+                    "skipping an event sent before the QMP greeting"
+                );
+            }
+        })
+        .await
+        .map_err(|_| QmpError::Timeout {
+            command: "greeting".into(),
+            timeout: options.greeting_timeout,
+        })??;
         let greeting = parse_greeting(&first)?;
 
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -510,6 +525,16 @@ impl QmpClient {
         })
         .await
     }
+}
+
+/// Whether a message is a QMP event (an object with an `event` member).
+fn is_event(line: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        #[allow(dead_code)]
+        event: String,
+    }
+    serde_json::from_slice::<Event>(line).is_ok()
 }
 
 fn parse_greeting(line: &[u8]) -> Result<QmpGreeting, QmpError> {
