@@ -1,8 +1,6 @@
 //! Domain XML: conformance against libvirt's reference data, golden files, defaults and
 //! validation rules, and robustness of the parser on malformed input.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -437,14 +435,14 @@ fn compare(expected: &Tree, ours: &Tree, path: &str, plain: &str, diffs: &mut Ve
 
 fn reference(name: &str) -> (String, String) {
     (
-        common::read(&format!("tests/qemuxmlconfdata/{name}.xml")),
-        common::read(&format!("tests/qemuxmlconfdata/{name}.x86_64-latest.xml")),
+        rvirt_testdata::read(&format!("tests/qemuxmlconfdata/{name}.xml")),
+        rvirt_testdata::read(&format!("tests/qemuxmlconfdata/{name}.x86_64-latest.xml")),
     )
 }
 
 #[test]
 fn every_reference_input_is_listed_as_passing_or_unsupported() {
-    for path in common::files("tests/qemuxmlconfdata", ".xml") {
+    for path in rvirt_testdata::files("tests/qemuxmlconfdata", ".xml") {
         let file = path.file_name().and_then(|n| n.to_str()).expect("name");
         if file.contains(".x86_64-") {
             continue;
@@ -471,7 +469,7 @@ fn supported_reference_inputs_parse_validate_and_keep_libvirts_output() {
             }
         };
         let ours = def.format(FormatFlags::default()).expect("format");
-        if let Err(e) = common::validate("domain.rng", &ours) {
+        if let Err(e) = rvirt_testdata::validate("domain.rng", &ours) {
             failures.push(format!("{name}: output does not validate: {e}"));
         }
         let mut diffs = Vec::new();
@@ -566,7 +564,7 @@ fn unsupported_inputs_parse_leniently_and_list_what_was_dropped() {
                     def.ignored_paths()
                 );
                 let out = def.format(FormatFlags::default()).expect("formats");
-                common::validate("domain.rng", &out).unwrap_or_else(|e| panic!("{name}: {e}"));
+                rvirt_testdata::validate("domain.rng", &out).unwrap_or_else(|e| panic!("{name}: {e}"));
             }
             // A value the model knows but does not support (a floppy, a ppc64 SCSI controller)
             // stays an error: dropping it would change what the guest sees.
@@ -620,7 +618,8 @@ fn golden_files_match_and_validate() {
             ));
         }
         for (path, out) in outputs {
-            common::validate("domain.rng", &out).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            rvirt_testdata::validate("domain.rng", &out)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             if update {
                 std::fs::write(&path, &out).expect("write golden");
             }
@@ -1317,7 +1316,7 @@ fn bad_number_is_malformed_and_named() {
 /// same documents) and the golden inputs.
 fn corpus() -> Vec<(String, String)> {
     let mut out = Vec::new();
-    for path in common::files("tests/qemuxmlconfdata", ".xml") {
+    for path in rvirt_testdata::files("tests/qemuxmlconfdata", ".xml") {
         if path.to_string_lossy().contains(".x86_64-") {
             continue;
         }
@@ -1626,11 +1625,11 @@ fn measure_parse_and_format_speed() {
     let cases = [
         (
             "typical (x86_64-q35-minimal)",
-            common::read("tests/qemuxmlconfdata/x86_64-q35-minimal.xml"),
+            rvirt_testdata::read("tests/qemuxmlconfdata/x86_64-q35-minimal.xml"),
         ),
         (
             "libvirt output (pcie-root-port)",
-            common::read("tests/qemuxmlconfdata/pcie-root-port.x86_64-latest.xml"),
+            rvirt_testdata::read("tests/qemuxmlconfdata/pcie-root-port.x86_64-latest.xml"),
         ),
         (
             "large (q35-everything)",
@@ -1739,7 +1738,7 @@ fn accepted_mutations_write_schema_valid_xml() {
             checked += 1;
             for flags in [FormatFlags::default(), FormatFlags::live()] {
                 let out = def.format(flags).expect("formats");
-                common::validate("domain.rng", &out)
+                rvirt_testdata::validate("domain.rng", &out)
                     .unwrap_or_else(|e| panic!("{name}: {e}\nfrom:\n{mutated}"));
             }
         }
@@ -1841,7 +1840,7 @@ fn disk_encryption_round_trips_where_it_was_given_and_validates() {
             "<source file='/var/lib/img/enc.qcow2'>\n        <encryption format='luks'>"
         };
         assert!(out.contains(wanted), "{out}");
-        common::validate("domain.rng", &out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        rvirt_testdata::validate("domain.rng", &out).unwrap_or_else(|e| panic!("{e}\n{out}"));
         let again = DomainDef::parse(&out, ParseFlags::default()).expect("reparses");
         assert_eq!(again.format(FormatFlags::default()).expect("formats"), out);
     }

@@ -2,8 +2,6 @@
 //! libvirt's order, validate against `network.rng` and round-trip; unsupported or invalid XML
 //! is refused with the path of the offending node.
 
-mod common;
-
 use std::collections::HashSet;
 
 use rvirt_conf::XmlErrorKind;
@@ -19,7 +17,7 @@ fn error(xml: &str) -> rvirt_conf::XmlError {
 
 #[test]
 fn every_libvirt_network_input_round_trips_and_validates() {
-    let inputs = common::files("tests/networkxml2confdata", ".xml");
+    let inputs = rvirt_testdata::files("tests/networkxml2confdata", ".xml");
     assert!(
         inputs.len() >= 20,
         "expected libvirt's network inputs, found {}",
@@ -30,7 +28,7 @@ fn every_libvirt_network_input_round_trips_and_validates() {
         let mut def = NetworkDef::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         def.ensure_uuid();
         let out = def.to_xml().expect("format");
-        common::validate("network.rng", &out).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        rvirt_testdata::validate("network.rng", &out).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let again =
             NetworkDef::parse(&out).unwrap_or_else(|e| panic!("{}: reparse: {e}\n{out}", path.display()));
         assert_eq!(again, def, "{} does not round-trip:\n{out}", path.display());
@@ -87,7 +85,7 @@ fn nat_port_range_round_trips_and_validates() {
     def.ensure_uuid();
     let out = def.to_xml().expect("format");
     assert!(out.contains("<port start=\"1024\" end=\"65535\"/>"), "{out}");
-    common::validate("network.rng", &out).expect("valid");
+    rvirt_testdata::validate("network.rng", &out).expect("valid");
     let err = error(
         "<network><name>n</name><forward mode='nat'><nat><port start='2000' end='1000'/></nat></forward></network>",
     );
@@ -333,7 +331,7 @@ fn network_port_round_trips_and_validates() {
     assert_eq!(port.uuid(), "5d2bcef0-5a43-4b6d-9e5b-0e1b1f0c0a01");
     assert_eq!(port.mac.address, "52:54:00:ab:cd:ef");
     let out = port.to_xml().expect("format");
-    common::validate("networkport.rng", &out).expect("valid port XML");
+    rvirt_testdata::validate("networkport.rng", &out).expect("valid port XML");
     assert_eq!(NetworkPortDef::parse(&out).expect("reparse"), port);
 }
 
@@ -343,7 +341,7 @@ fn network_port_without_uuid_gets_one() {
                <mac address='52:54:00:00:00:01'/></networkport>";
     let port = NetworkPortDef::parse(xml).expect("port");
     assert!(rvirt_conf::xml::canonical_uuid(port.uuid()).is_some());
-    common::validate("networkport.rng", &port.to_xml().expect("format")).expect("valid");
+    rvirt_testdata::validate("networkport.rng", &port.to_xml().expect("format")).expect("valid");
 }
 
 #[test]

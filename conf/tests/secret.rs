@@ -2,8 +2,6 @@
 //! `tests/secretxml2xmlin/` parses, formats back to the same document, and what we format
 //! validates against `secret.rng`.
 
-mod common;
-
 use rvirt_conf::secret::{SecretDef, SecretUsageType};
 
 /// A canonical text of a document for comparison: elements with their attributes sorted, text
@@ -69,7 +67,7 @@ fn normalized(text: &str) -> String {
 
 #[test]
 fn every_libvirt_secret_document_round_trips_and_validates() {
-    let files = common::files("tests/secretxml2xmlin", ".xml");
+    let files = rvirt_testdata::files("tests/secretxml2xmlin", ".xml");
     assert!(
         files.len() >= 7,
         "expected libvirt's secret test files, found {files:?}"
@@ -88,20 +86,25 @@ fn every_libvirt_secret_document_round_trips_and_validates() {
         assert_eq!(output.replace('"', "'"), input, "{name}: output text differs");
         let again = SecretDef::from_xml(&output).unwrap_or_else(|e| panic!("{name} reparsed: {e}"));
         assert_eq!(again, def, "{name}: the model changed through format and parse");
-        common::validate("secret.rng", &output).unwrap_or_else(|e| panic!("{name}: {e}"));
+        rvirt_testdata::validate("secret.rng", &output).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
 
 #[test]
 fn libvirt_documents_give_the_expected_models() {
-    let def = SecretDef::from_xml(&common::read("tests/secretxml2xmlin/usage-ceph-space.xml")).expect("ceph");
+    let def = SecretDef::from_xml(&rvirt_testdata::read(
+        "tests/secretxml2xmlin/usage-ceph-space.xml",
+    ))
+    .expect("ceph");
     assert_eq!(def.uuid, "f52a81b2-424e-490c-823d-6bd4235bc573");
     assert_eq!(def.usage_type(), Some(SecretUsageType::Ceph));
     assert_eq!(def.usage_id(), "client.admin secret");
     assert!(def.private && !def.ephemeral);
     assert_eq!(def.description.as_deref(), Some("Ceph secret with space and dot"));
-    let def = SecretDef::from_xml(&common::read("tests/secretxml2xmlin/ephemeral-usage-volume.xml"))
-        .expect("volume");
+    let def = SecretDef::from_xml(&rvirt_testdata::read(
+        "tests/secretxml2xmlin/ephemeral-usage-volume.xml",
+    ))
+    .expect("volume");
     assert!(def.ephemeral);
     assert_eq!(def.usage_type(), Some(SecretUsageType::Volume));
     assert_eq!(def.usage_id(), "/var/lib/libvirt/images/image.img");
@@ -118,7 +121,7 @@ fn generated_and_minimal_definitions_validate() {
     ] {
         let def = SecretDef::from_xml(input).unwrap_or_else(|e| panic!("{input}: {e}"));
         let output = def.to_xml().expect("format");
-        common::validate("secret.rng", &output).unwrap_or_else(|e| panic!("{input}: {e}"));
+        rvirt_testdata::validate("secret.rng", &output).unwrap_or_else(|e| panic!("{input}: {e}"));
     }
 }
 

@@ -7,8 +7,6 @@
 //! whitespace-only text ignored, quotes and empty-element spelling irrelevant) and the trees
 //! must be equal.
 
-mod common;
-
 use std::path::Path;
 
 use quick_xml::XmlVersion;
@@ -97,7 +95,7 @@ fn stem(path: &Path) -> String {
 
 #[test]
 fn libvirt_pool_inputs_format_to_their_outputs_and_validate() {
-    let inputs = common::files("tests/storagepoolxml2xmlin", ".xml");
+    let inputs = rvirt_testdata::files("tests/storagepoolxml2xmlin", ".xml");
     assert!(!inputs.is_empty(), "no pool inputs found");
     let mut checked = 0;
     for input in inputs {
@@ -105,9 +103,9 @@ fn libvirt_pool_inputs_format_to_their_outputs_and_validate() {
         let xml = std::fs::read_to_string(&input).expect("read input");
         let def = PoolDef::from_xml(&xml).unwrap_or_else(|e| panic!("{name}: {e}"));
         let ours = def.to_xml().unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expected = common::read(&format!("tests/storagepoolxml2xmlout/{name}.xml"));
+        let expected = rvirt_testdata::read(&format!("tests/storagepoolxml2xmlout/{name}.xml"));
         assert_eq!(tree(&ours), tree(&expected), "{name}:\n{ours}");
-        common::validate("storagepool.rng", &ours).unwrap_or_else(|e| panic!("{name}: {e}"));
+        rvirt_testdata::validate("storagepool.rng", &ours).unwrap_or_else(|e| panic!("{name}: {e}"));
         checked += 1;
     }
     assert!(checked >= 10, "only {checked} pool files checked");
@@ -138,12 +136,12 @@ const VOLUME_SKIPS: &[(&str, &str)] = &[
 #[test]
 fn libvirt_volume_inputs_format_to_their_outputs_and_validate() {
     let mut checked = 0;
-    for input in common::files("tests/storagevolxml2xmlin", ".xml") {
+    for input in rvirt_testdata::files("tests/storagevolxml2xmlin", ".xml") {
         let name = stem(&input);
         if VOLUME_SKIPS.iter().any(|(skip, _)| *skip == name) {
             continue;
         }
-        let pool = PoolDef::from_xml(&common::read(&format!(
+        let pool = PoolDef::from_xml(&rvirt_testdata::read(&format!(
             "tests/storagepoolxml2xmlin/{}.xml",
             pool_of(&name)
         )))
@@ -152,9 +150,9 @@ fn libvirt_volume_inputs_format_to_their_outputs_and_validate() {
         let def = VolDef::from_xml(&xml, pool.pool_type, VolParseOptions::default())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         let ours = def.to_xml().unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expected = common::read(&format!("tests/storagevolxml2xmlout/{name}.xml"));
+        let expected = rvirt_testdata::read(&format!("tests/storagevolxml2xmlout/{name}.xml"));
         assert_eq!(tree(&ours), tree(&expected), "{name}:\n{ours}");
-        common::validate("storagevol.rng", &ours).unwrap_or_else(|e| panic!("{name}: {e}"));
+        rvirt_testdata::validate("storagevol.rng", &ours).unwrap_or_else(|e| panic!("{name}: {e}"));
         checked += 1;
     }
     assert!(checked >= 8, "only {checked} volume files checked");
@@ -163,16 +161,18 @@ fn libvirt_volume_inputs_format_to_their_outputs_and_validate() {
 #[test]
 fn nocow_volume_matches_its_output_except_the_stale_empty_source() {
     let pool = PoolType::Dir;
-    let xml = common::read("tests/storagevolxml2xmlin/vol-qcow2-nocow.xml");
+    let xml = rvirt_testdata::read("tests/storagevolxml2xmlin/vol-qcow2-nocow.xml");
     let def = VolDef::from_xml(&xml, pool, VolParseOptions::default()).expect("parse");
     assert!(def.nocow(), "nocow is kept for creation");
     let ours = def.to_xml().expect("format");
-    let mut expected = tree(&common::read("tests/storagevolxml2xmlout/vol-qcow2-nocow.xml"));
+    let mut expected = tree(&rvirt_testdata::read(
+        "tests/storagevolxml2xmlout/vol-qcow2-nocow.xml",
+    ));
     expected
         .children
         .retain(|c| !(c.name == "source" && c.children.is_empty()));
     assert_eq!(tree(&ours), expected, "{ours}");
-    common::validate("storagevol.rng", &ours).expect("valid");
+    rvirt_testdata::validate("storagevol.rng", &ours).expect("valid");
 }
 
 #[test]
@@ -194,13 +194,13 @@ fn other_pool_types_parse() {
         let def = PoolDef::from_xml(xml).unwrap_or_else(|e| panic!("{kind}: {e}"));
         assert_eq!(def.pool_type, kind);
         let ours = def.to_xml().expect("format");
-        common::validate("storagepool.rng", &ours).unwrap_or_else(|e| panic!("{kind}: {e}"));
+        rvirt_testdata::validate("storagepool.rng", &ours).unwrap_or_else(|e| panic!("{kind}: {e}"));
     }
 }
 
 #[test]
 fn formatted_pool_parses_back_to_the_same_definition() {
-    for input in common::files("tests/storagepoolxml2xmlin", ".xml") {
+    for input in rvirt_testdata::files("tests/storagepoolxml2xmlin", ".xml") {
         let def = PoolDef::from_xml(&std::fs::read_to_string(&input).expect("read")).expect("parse");
         let again = PoolDef::from_xml(&def.to_xml().expect("format")).expect("reparse");
         assert_eq!(def, again, "{}", input.display());

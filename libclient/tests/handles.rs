@@ -222,25 +222,7 @@ async fn volume_xml_validates_against_libvirts_schema() {
         .await
         .expect("create");
     let xml = vol.xml_desc().await.expect("xml");
-    let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/libvirt/src/conf/schemas/storagevol.rng");
-    let schema = std::env::var_os("RVIRT_LIBVIRT_TREE")
-        .map(|t| std::path::PathBuf::from(t).join("src/conf/schemas/storagevol.rng"))
-        .unwrap_or(schema);
-    let file = tempfile::NamedTempFile::new().expect("tmp");
-    std::fs::write(file.path(), &xml).expect("write");
-    let out = std::process::Command::new("xmllint")
-        .arg("--noout")
-        .arg("--relaxng")
-        .arg(&schema)
-        .arg(file.path())
-        .output()
-        .expect("xmllint runs");
-    assert!(
-        out.status.success(),
-        "{xml}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rvirt_testdata::validate("storagevol.rng", &xml).unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test]

@@ -464,46 +464,6 @@ mod tests {
         );
     }
 
-    /// `xmllint --relaxng` of `xml` against libvirt's `domain.rng`; `None` when xmllint or
-    /// libvirt's tree is missing.
-    fn validate(xml: &str) -> Option<Result<(), String>> {
-        let tree = std::env::var_os("RVIRT_LIBVIRT_TREE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/libvirt"));
-        let rng = tree.join("src/conf/schemas/domain.rng");
-        if !rng.exists() {
-            eprintln!("skipped: no libvirt schema at {}", rng.display());
-            return None;
-        }
-        let mut child = match std::process::Command::new("xmllint")
-            .args(["--noout", "--relaxng"])
-            .arg(&rng)
-            .arg("-")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-        {
-            Ok(child) => child,
-            Err(e) => {
-                eprintln!("skipped: cannot run xmllint: {e}");
-                return None;
-            }
-        };
-        child
-            .stdin
-            .take()
-            .expect("xmllint's stdin")
-            .write_all(xml.as_bytes())
-            .expect("write to xmllint");
-        let out = child.wait_with_output().expect("xmllint's result");
-        Some(if out.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        })
-    }
-
     #[test]
     fn domain_xml_validates_against_libvirts_schema() {
         let socket = SerialKind::Unix(PathBuf::from("/tmp/serial.sock"));
@@ -511,9 +471,7 @@ mod tests {
             domain_xml("g4", Path::new("/tmp/g4.img"), "qemu", SerialKind::Pty),
             domain_xml("g5", Path::new("/tmp/g5.img"), "kvm", socket),
         ] {
-            if let Some(result) = validate(&xml) {
-                result.unwrap_or_else(|e| panic!("{e}\n{xml}"));
-            }
+            rvirt_testdata::validate("domain.rng", &xml).unwrap_or_else(|e| panic!("{e}"));
         }
     }
 

@@ -6,25 +6,13 @@
 //! libvirt's reference tree comes from `RVIRT_LIBVIRT_TREE`, else `../shared/libvirt` beside
 //! the workspace. No input is skipped: every one uses only features rvirt implements.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use rvirt_conf::network::NetworkDef;
 use virtnetworkd::dnsmasq::{DnsmasqPaths, generate};
 
 /// Inputs skipped, with the reason. Empty: every libvirt input is supported.
 const SKIPPED: &[(&str, &str)] = &[];
-
-fn libvirt_tree() -> PathBuf {
-    let tree = std::env::var_os("RVIRT_LIBVIRT_TREE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/libvirt"));
-    assert!(
-        tree.join("tests/networkxml2confdata").is_dir(),
-        "libvirt's reference tree is not at {}: set RVIRT_LIBVIRT_TREE",
-        tree.display()
-    );
-    tree
-}
 
 fn option_lines(text: &str) -> Vec<String> {
     let mut lines: Vec<String> = text
@@ -65,7 +53,7 @@ fn compare(dir: &Path, name: &str) -> Result<(), String> {
 
 #[test]
 fn every_libvirt_input_gives_libvirts_dnsmasq_options_and_hosts_file() {
-    let dir = libvirt_tree().join("tests/networkxml2confdata");
+    let dir = rvirt_testdata::libvirt_dir("tests/networkxml2confdata");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .expect("list networkxml2confdata")
         .filter_map(|e| e.ok())

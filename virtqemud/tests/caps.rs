@@ -2,57 +2,16 @@
 //! documents validated against libvirt's `capability.rng` and `domaincaps.rng` (with `xmllint`,
 //! as `conf/tests/common` does).
 
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use rvirt_testdata::validate;
 use virtqemud::caps::emulator::{AccelCaps, EmulatorCaps, EmulatorProber, ProbeError, QmpProber};
 use virtqemud::caps::{CapsConfig, CapsError, QemuCaps, TargetQuery};
 use virtqemud::qmp::commands::{CpuDefinitionInfo, MachineInfo, QemuVersion};
-
-// ---- libvirt's schemas (the approach of conf/tests/common/mod.rs) ----
-
-fn libvirt_tree() -> PathBuf {
-    let tree = std::env::var_os("RVIRT_LIBVIRT_TREE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/libvirt"));
-    assert!(
-        tree.join("src/conf/schemas").is_dir(),
-        "libvirt's reference tree is not at {}: set RVIRT_LIBVIRT_TREE to a libvirt source tree",
-        tree.display()
-    );
-    tree
-}
-
-fn validate(schema: &str, xml: &str) -> Result<(), String> {
-    let rng = libvirt_tree().join("src/conf/schemas").join(schema);
-    let mut child = Command::new("xmllint")
-        .arg("--noout")
-        .arg("--relaxng")
-        .arg(&rng)
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run xmllint (install libxml2-utils): {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(xml.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{}\n{xml}", String::from_utf8_lossy(&out.stderr)))
-    }
-}
 
 // ---- fixtures ----
 
@@ -718,9 +677,7 @@ async fn probed_machines_and_cpu_models_match_libvirts_qemu_10_0_data() {
         );
         return;
     }
-    let data =
-        std::fs::read_to_string(libvirt_tree().join("tests/qemucapabilitiesdata/caps_10.0.0_x86_64.xml"))
-            .expect("libvirt's QEMU 10.0 capabilities");
+    let data = rvirt_testdata::read("tests/qemucapabilitiesdata/caps_10.0.0_x86_64.xml");
     // Machine types: same names, aliases, default, deprecation and CPU limits.
     for line in data
         .lines()

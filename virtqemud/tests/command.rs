@@ -6,9 +6,6 @@
 //! `-device help` and `-object help` names; `qemu-cpus.txt`: its `-cpu help` models), so the
 //! golden files do not depend on the host's QEMU.
 
-#[path = "../../conf/tests/common/mod.rs"]
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -821,7 +818,7 @@ fn command_lines_agree_with_libvirts_reference_outputs() {
     let mut matched = Vec::new();
     let mut report = Vec::new();
     let mut refused = Vec::new();
-    for input in common::files("tests/qemuxmlconfdata", ".xml") {
+    for input in rvirt_testdata::files("tests/qemuxmlconfdata", ".xml") {
         let file = input
             .file_name()
             .and_then(|n| n.to_str())

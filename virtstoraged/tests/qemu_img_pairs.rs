@@ -4,33 +4,19 @@
 //! virtual size, cluster size, compat, lazy refcounts, extended L2, backing file and format, and
 //! roughly the allocated size, which shows the preallocation). Strings are never compared.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use rvirt_conf::storage::{PoolDef, VolDef, VolParseOptions};
 use virtstoraged::qemu_img::{self, ImageInfo, ImageOptions, LuksKey};
 
-fn libvirt_tree() -> PathBuf {
-    let tree = std::env::var_os("RVIRT_LIBVIRT_TREE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/libvirt"));
-    assert!(
-        tree.join("tests/storagevolxml2argvdata").is_dir(),
-        "libvirt's reference tree is not at {}: set RVIRT_LIBVIRT_TREE",
-        tree.display()
-    );
-    tree
-}
-
-fn read(relative: &str) -> String {
-    let path = libvirt_tree().join(relative);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
 fn vol(pool: &str, name: &str) -> VolDef {
-    let pool = PoolDef::from_xml(&read(&format!("tests/storagepoolxml2xmlin/{pool}.xml"))).expect("pool");
+    let pool = PoolDef::from_xml(&rvirt_testdata::read(&format!(
+        "tests/storagepoolxml2xmlin/{pool}.xml"
+    )))
+    .expect("pool");
     VolDef::from_xml(
-        &read(&format!("tests/storagevolxml2xmlin/{name}.xml")),
+        &rvirt_testdata::read(&format!("tests/storagevolxml2xmlin/{name}.xml")),
         pool.pool_type,
         VolParseOptions::default(),
     )
@@ -40,7 +26,7 @@ fn vol(pool: &str, name: &str) -> VolDef {
 /// libvirt's argv with its paths moved: inputs into `inputs`, the output into `out_dir`, the
 /// secret file to `secret`.
 fn libvirt_argv(file: &str, inputs: &Path, out_dir: &Path, output_name: &str, secret: &Path) -> Vec<String> {
-    let text = read(&format!("tests/storagevolxml2argvdata/{file}.argv"));
+    let text = rvirt_testdata::read(&format!("tests/storagevolxml2argvdata/{file}.argv"));
     let words: Vec<String> = text
         .split_whitespace()
         .filter(|w| *w != "\\")

@@ -8,10 +8,8 @@
 //! monitor socket passes through unchanged). Counting those runs is how the test knows whether
 //! QEMU ran.
 
-use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -26,43 +24,7 @@ const REAL_QEMU: &str = "/usr/bin/qemu-system-x86_64";
 /// Probing runs QEMU a few times (TCG, KVM, per binary): generous for a loaded machine.
 const PROBE_LIMIT: Duration = Duration::from_secs(60);
 
-fn libvirt_tree() -> PathBuf {
-    let tree = std::env::var_os("RVIRT_LIBVIRT_TREE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/libvirt"));
-    assert!(
-        tree.join("src/conf/schemas").is_dir(),
-        "libvirt's reference tree is not at {}: set RVIRT_LIBVIRT_TREE",
-        tree.display()
-    );
-    tree
-}
-
-/// `xmllint --relaxng` against a libvirt schema (the approach of `conf/tests/common`).
-fn validate(schema: &str, xml: &str) -> Result<(), String> {
-    let rng = libvirt_tree().join("src/conf/schemas").join(schema);
-    let mut child = Command::new("xmllint")
-        .args(["--noout", "--relaxng"])
-        .arg(&rng)
-        .arg("-")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run xmllint (install libxml2-utils): {e}"))?;
-    child
-        .stdin
-        .take()
-        .ok_or("no stdin")?
-        .write_all(xml.as_bytes())
-        .map_err(|e| e.to_string())?;
-    let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{}\n{xml}", String::from_utf8_lossy(&out.stderr)))
-    }
-}
+use rvirt_testdata::validate;
 
 /// A `PATH` directory whose `qemu-system-x86_64` counts its runs, then runs the real one;
 /// optionally held at a gate until the test opens it.

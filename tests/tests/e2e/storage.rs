@@ -79,29 +79,8 @@ fn pool_xml(name: &str, path: &Path) -> String {
     )
 }
 
-fn libvirt_schema(name: &str) -> PathBuf {
-    let tree = std::env::var_os("RVIRT_LIBVIRT_TREE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/libvirt"));
-    tree.join("src/conf/schemas").join(name)
-}
-
 fn validate(schema: &str, xml: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let file = dir.path().join("doc.xml");
-    std::fs::write(&file, xml).expect("write");
-    let out = Command::new("xmllint")
-        .arg("--noout")
-        .arg("--relaxng")
-        .arg(libvirt_schema(schema))
-        .arg(&file)
-        .output()
-        .expect("run xmllint");
-    assert!(
-        out.status.success(),
-        "{}\n{xml}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rvirt_testdata::validate(schema, xml).unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Defines, builds and starts a dir pool `name` under the test root.

@@ -1,14 +1,13 @@
-//! Helpers shared by the conformance tests: where libvirt's reference tree is, and RelaxNG
-//! validation with `xmllint`.
-
-#![allow(dead_code)]
+//! For rvirt's tests: where libvirt's reference tree is (its RelaxNG schemas and test data, laid
+//! out as in libvirt's sources), reading from it, and validating XML against its schemas with
+//! `xmllint`. Tests never copy that tree into the project: they find it through
+//! `RVIRT_LIBVIRT_TREE`, else `../shared/libvirt` beside the workspace.
 
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-/// libvirt's reference tree (schemas and test data, laid out as in libvirt's sources): the
-/// `RVIRT_LIBVIRT_TREE` environment variable, else `../shared/libvirt` beside the workspace.
+/// libvirt's reference tree; panics, saying how to point to it, when it has no schemas.
 pub fn libvirt_tree() -> PathBuf {
     let tree = std::env::var_os("RVIRT_LIBVIRT_TREE")
         .map(PathBuf::from)
@@ -21,6 +20,17 @@ pub fn libvirt_tree() -> PathBuf {
     tree
 }
 
+/// A directory of libvirt's tree (`tests/networkxml2confdata`); panics when it is missing.
+pub fn libvirt_dir(relative: &str) -> PathBuf {
+    let dir = libvirt_tree().join(relative);
+    assert!(
+        dir.is_dir(),
+        "libvirt's reference tree has no {relative} at {}: set RVIRT_LIBVIRT_TREE to a libvirt source tree",
+        dir.display()
+    );
+    dir
+}
+
 /// A file of libvirt's tree, by its relative path (`tests/secretxml2xmlin/usage-volume.xml`).
 pub fn read(relative: &str) -> String {
     let path = libvirt_tree().join(relative);
@@ -29,7 +39,7 @@ pub fn read(relative: &str) -> String {
 
 /// The files of a directory of libvirt's tree whose names end in `suffix`, sorted.
 pub fn files(relative_dir: &str, suffix: &str) -> Vec<PathBuf> {
-    let dir = libvirt_tree().join(relative_dir);
+    let dir = libvirt_dir(relative_dir);
     let mut out: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -43,12 +53,12 @@ pub fn files(relative_dir: &str, suffix: &str) -> Vec<PathBuf> {
     out
 }
 
-/// Validates `xml` against libvirt's schema `schema` (`domain.rng`, `secret.rng`, ...).
+/// Validates `xml` against libvirt's schema `schema` (`domain.rng`, `secret.rng`, ...) with
+/// `xmllint --relaxng`; the error holds xmllint's complaint and the document.
 pub fn validate(schema: &str, xml: &str) -> Result<(), String> {
     let rng = libvirt_tree().join("src/conf/schemas").join(schema);
     let mut child = Command::new("xmllint")
-        .arg("--noout")
-        .arg("--relaxng")
+        .args(["--noout", "--relaxng"])
         .arg(&rng)
         .arg("-")
         .stdin(Stdio::piped())
