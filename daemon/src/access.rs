@@ -258,25 +258,27 @@ pub fn check_with_rules(
             consulted: AtomicBool::new(false),
         }))
     };
+    if !rules.has_object_rules() {
+        // No rule names objects: the call is decided here, whatever it is about.
+        let rule = rules.decide(method.permission, caller);
+        return apply(method, method.permission, None, caller, policy, rules, rule)
+            .map(|()| Verdict::Allowed);
+    }
     match method.scope() {
-        ObjectScope::One => match rules.decide_before_object(method.permission, caller) {
-            BeforeObject::ByObject => Ok(gate(method.permission.to_owned(), true)),
-            BeforeObject::Rule(rule) => {
-                apply(method, method.permission, None, caller, policy, rules, Some(rule))
-                    .map(|()| Verdict::Allowed)
-            }
-            BeforeObject::Default => {
-                apply(method, method.permission, None, caller, policy, rules, None).map(|()| Verdict::Allowed)
-            }
-        },
+        ObjectScope::One => {
+            let rule = match rules.decide_before_object(method.permission, caller) {
+                BeforeObject::ByObject => return Ok(gate(method.permission.to_owned(), true)),
+                BeforeObject::Rule(rule) => Some(rule),
+                BeforeObject::Default => None,
+            };
+            apply(method, method.permission, None, caller, policy, rules, rule).map(|()| Verdict::Allowed)
+        }
         scope => {
             let rule = rules.decide(method.permission, caller);
             apply(method, method.permission, None, caller, policy, rules, rule)?;
             match scope {
                 // Lists and event streams leave out what the caller may not see.
-                ObjectScope::Many(kind) if rules.has_object_rules() => {
-                    Ok(gate(format!("{kind}.getattr"), false))
-                }
+                ObjectScope::Many(kind) => Ok(gate(format!("{kind}.getattr"), false)),
                 _ => Ok(Verdict::Allowed),
             }
         }
