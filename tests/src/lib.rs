@@ -315,6 +315,16 @@ fn unique() -> u64 {
 }
 
 /// A channel to a Unix socket, failing the test if it cannot connect.
+/// A request carrying connection URI `uri` (`rvirt-uri` metadata), as every client sends it.
+pub fn at<T>(uri: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        rvirt_proto::URI_METADATA_KEY,
+        uri.parse().expect("a URI is valid metadata"),
+    );
+    request
+}
+
 pub async fn channel(path: &Path) -> tonic::transport::Channel {
     rvirt::transport::unix_channel(path).await.unwrap_or_else(|e| {
         panic!(

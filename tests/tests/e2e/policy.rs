@@ -5,7 +5,7 @@
 //! peer that does not answer pings.
 
 use nix::sys::signal::Signal;
-use rvirt_e2e::{DAEMON_DEADLINE, DaemonOptions, DaemonProcess, TestRoot, channel};
+use rvirt_e2e::{DAEMON_DEADLINE, DaemonOptions, DaemonProcess, TestRoot, at, channel};
 use rvirt_proto::error::from_status;
 use rvirt_proto::v1::admin_service_client::AdminServiceClient;
 use rvirt_proto::v1::domain_service_client::DomainServiceClient;
@@ -24,15 +24,6 @@ fn my_uid() -> u32 {
 
 fn deny(permission: &str, uid: u32) -> String {
     format!("[[rule]]\neffect = \"deny\"\npermission = \"{permission}\"\nuid = {uid}\n")
-}
-
-fn at<T>(uri: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        rvirt_proto::URI_METADATA_KEY,
-        uri.parse().expect("a URI is valid metadata"),
-    );
-    request
 }
 
 fn domain(name: &str) -> Option<DomainRef> {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use rvirt_e2e::{DAEMON_DEADLINE, DaemonProcess, TestRoot, channel};
+use rvirt_e2e::{DAEMON_DEADLINE, DaemonProcess, TestRoot, at, channel};
 use rvirt_proto::error::from_status;
 use rvirt_proto::v1::domain_service_client::DomainServiceClient;
 use rvirt_proto::v1::host_service_client::HostServiceClient;
@@ -19,16 +19,6 @@ use tonic::transport::Channel;
 
 const PROXY: &str = "virtproxyd";
 const SECRETS: &str = "virtsecretd";
-
-/// A request carrying connection URI `uri`, as every client sends it.
-fn at<T>(uri: &str, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        rvirt_proto::URI_METADATA_KEY,
-        uri.parse().expect("a URI is valid metadata"),
-    );
-    request
-}
 
 async fn proxy_channel(root: &TestRoot) -> Channel {
     channel(&root.socket("rvirt-sock")).await

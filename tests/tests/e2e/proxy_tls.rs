@@ -384,10 +384,7 @@ async fn local_proxy(pki: &Pki, cn: &str, trusted_ca: bool) -> (TestRoot, Daemon
 }
 
 async fn list_through(proxy_root: &TestRoot, uri: &str) -> Result<usize, tonic::Status> {
-    let mut request = tonic::Request::new(ListSecretsRequest { flags: 0 });
-    request
-        .metadata_mut()
-        .insert(rvirt_proto::URI_METADATA_KEY, uri.parse().expect("metadata"));
+    let request = rvirt_e2e::at(uri, ListSecretsRequest { flags: 0 });
     Ok(
         SecretServiceClient::new(channel(&proxy_root.socket("rvirt-sock")).await)
             .list_secrets(request)

@@ -45,11 +45,7 @@ async fn every_daemon_starts_answers_and_stops_on_sigterm() {
         let mut host = HostServiceClient::new(channel(&rw).await);
         if daemon == "virtproxyd" {
             // The proxy routes host calls by URI: the in-process test driver answers this one.
-            let mut request = tonic::Request::new(GetTypeRequest {});
-            request.metadata_mut().insert(
-                rvirt_proto::URI_METADATA_KEY,
-                tonic::metadata::MetadataValue::from_static("test:///default"),
-            );
+            let request = rvirt_e2e::at("test:///default", GetTypeRequest {});
             let reply = host
                 .get_type(request)
                 .await
