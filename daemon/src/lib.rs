@@ -17,6 +17,7 @@
 //! - [`events`] (re-exported from `rvirt::events`, which the in-process test driver shares):
 //!   sequenced, resumable event logs behind every `Watch*Events` RPC;
 //! - [`atomic`]: crash-safe writes of configuration and state;
+//! - [`journal`]: durable definition files at the cost of one disk flush each;
 //! - [`server`]: readiness notification, signals (SIGTERM drains, SIGHUP reloads), idle exit.
 
 pub mod access;
@@ -25,6 +26,7 @@ pub mod atomic;
 pub mod clients;
 pub mod config;
 pub mod host;
+pub mod journal;
 pub mod launch;
 pub mod listen;
 pub mod logging;

@@ -855,6 +855,93 @@ async fn definitions_and_autostart_survive_a_restart() {
     env.destroy("auto").await;
 }
 
+/// Definition changes are journaled and the files checkpointed later (docs/domains.md): a
+/// daemon killed right after its calls returned comes back with every one of them.
+#[tokio::test]
+async fn every_definition_change_survives_a_killed_daemon() {
+    if !qemu_present() {
+        return;
+    }
+    let mut env = Env::new().await;
+    let mut uuid = String::new();
+    for name in ["kept", "changed", "gone", "old-name"] {
+        let domain = env.define(name).await;
+        if name == "changed" {
+            uuid = domain.uuid;
+        }
+    }
+    let disk = env.disk("changed");
+    let xml = guest::domain_xml("changed", &disk, "qemu", SerialKind::Pty).replacen(
+        "<name>changed</name>",
+        &format!("<name>changed</name><uuid>{uuid}</uuid><title>second version</title>"),
+        1,
+    );
+    assert!(xml.contains("second version"), "{xml}");
+    env.client
+        .define_domain_xml(DefineDomainXmlRequest { xml, flags: 0 })
+        .await
+        .expect("redefine");
+    env.client
+        .undefine_domain(UndefineDomainRequest {
+            domain: Some(by_name("gone")),
+            flags: 0,
+        })
+        .await
+        .expect("undefine");
+    env.client
+        .rename_domain(RenameDomainRequest {
+            domain: Some(by_name("old-name")),
+            new_name: "new-name".into(),
+            flags: 0,
+        })
+        .await
+        .expect("rename");
+
+    // At once, before the journal's checkpoint (a quarter of a second of quiet) is likely.
+    env.daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    env.daemon.wait_exit(DEADLINE).await.expect("daemon exits");
+    env.restart().await;
+
+    let mut names: Vec<String> = env
+        .client
+        .list_domains(ListDomainsRequest { flags: 0 })
+        .await
+        .expect("list")
+        .into_inner()
+        .domains
+        .into_iter()
+        .map(|d| d.name)
+        .collect();
+    names.sort();
+    assert_eq!(names, ["changed", "kept", "new-name"]);
+    let changed = env
+        .client
+        .get_domain_xml(GetDomainXmlRequest {
+            domain: Some(by_name("changed")),
+            flags: 0,
+        })
+        .await
+        .expect("xml")
+        .into_inner()
+        .xml;
+    assert!(changed.contains("<title>second version</title>"), "{changed}");
+    // The files on disk say the same once the journal was replayed.
+    let config = env.root.path().join("etc/rvirt/qemu");
+    let mut files: Vec<String> = std::fs::read_dir(&config)
+        .expect("config dir")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".xml"))
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["changed.xml", "kept.xml", "new-name.xml"],
+        "in {}",
+        config.display()
+    );
+}
+
 #[tokio::test]
 async fn a_second_console_is_refused_unless_it_forces() {
     if !qemu_present() {

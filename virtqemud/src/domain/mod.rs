@@ -78,7 +78,7 @@ impl DomainPaths {
     }
 
     fn config_file(&self, name: &str) -> PathBuf {
-        self.config.join(format!("{name}.xml"))
+        self.config.join(config_file_name(name))
     }
 
     fn autostart_link(&self, name: &str) -> PathBuf {
@@ -93,6 +93,11 @@ impl DomainPaths {
         let short: String = name.chars().take(20).collect();
         self.state.join(format!("domain-{id}-{short}"))
     }
+}
+
+/// The name of domain `name`'s definition file in the config directory.
+fn config_file_name(name: &str) -> String {
+    format!("{name}.xml")
 }
 
 /// Why the driver is stopping a running domain.
@@ -230,20 +235,39 @@ pub struct Domains {
     next_id: AtomicU32,
     generation: std::sync::atomic::AtomicU64,
     this: Weak<Domains>,
-    /// Writes a definition file: [`rvirt_daemon::atomic::write_atomic`]; tests put a slow one.
-    write_file: FileWriter,
+    /// Where definition files go: the config directory's journal, opened by
+    /// [`Domains::init`]; tests put a slow one.
+    files: std::sync::OnceLock<Arc<dyn DefinitionFiles>>,
 }
 
-/// How [`Domains`] writes a definition file (path, contents, mode), on a blocking thread.
-#[derive(Clone)]
-pub struct FileWriter(Arc<WriteFile>);
+/// How [`Domains`] keeps its definition files (`<name>.xml` in the config directory),
+/// durably; called on a blocking thread.
+pub trait DefinitionFiles: Send + Sync {
+    /// Replaces or creates file `name` with `data` and file mode `mode`.
+    fn put(&self, name: &str, data: &[u8], mode: u32) -> std::io::Result<()>;
+    /// Removes file `name`; a missing file is not an error.
+    fn remove(&self, name: &str) -> std::io::Result<()>;
+    /// Called after a write's result went back to its caller: work that readies the next.
+    fn prepare(&self) {}
+}
 
-/// Writes `path` with `data` and file mode `mode`, durably.
-type WriteFile = dyn Fn(&Path, &[u8], u32) -> std::io::Result<()> + Send + Sync;
+impl DefinitionFiles for rvirt_daemon::journal::ConfigJournal {
+    fn put(&self, name: &str, data: &[u8], mode: u32) -> std::io::Result<()> {
+        rvirt_daemon::journal::ConfigJournal::put(self, name, data, mode)
+    }
 
-impl std::fmt::Debug for FileWriter {
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        rvirt_daemon::journal::ConfigJournal::remove(self, name)
+    }
+
+    fn prepare(&self) {
+        rvirt_daemon::journal::ConfigJournal::prepare(self);
+    }
+}
+
+impl std::fmt::Debug for dyn DefinitionFiles {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FileWriter")
+        f.write_str("DefinitionFiles")
     }
 }
 
@@ -318,23 +342,6 @@ pub fn xml_status(e: &rvirt_conf::xml::XmlError) -> Status {
 impl Domains {
     /// A driver with no domains yet; [`Domains::init`] loads them.
     pub fn new(caps: Arc<QemuCaps>, paths: DomainPaths, resource_ctx: resources::Context) -> Arc<Domains> {
-        Self::with_writer(
-            caps,
-            paths,
-            resource_ctx,
-            FileWriter(Arc::new(|path, data, mode| {
-                rvirt_daemon::atomic::write_atomic(path, data, mode)
-            })),
-        )
-    }
-
-    /// [`Domains::new`] with `write_file` writing the definition files.
-    fn with_writer(
-        caps: Arc<QemuCaps>,
-        paths: DomainPaths,
-        resource_ctx: resources::Context,
-        write_file: FileWriter,
-    ) -> Arc<Domains> {
         Arc::new_cyclic(|this| Domains {
             caps,
             paths,
@@ -344,7 +351,38 @@ impl Domains {
             next_id: AtomicU32::new(1),
             generation: std::sync::atomic::AtomicU64::new(1),
             this: this.clone(),
-            write_file,
+            files: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The definition files; an error before [`Domains::init`] opened them.
+    fn files(&self) -> Result<Arc<dyn DefinitionFiles>, Status> {
+        self.files.get().cloned().ok_or_else(|| {
+            err(
+                ErrorCode::InternalError,
+                "The definitions directory is not open yet",
+            )
+        })
+    }
+
+    /// Runs `f` with the definition files on a blocking thread: the worker threads go on
+    /// serving other calls while the disk works. The thread readies the next write once the
+    /// result is on its way.
+    async fn with_files<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn DefinitionFiles) -> T + Send + 'static,
+    ) -> Result<T, Status> {
+        let files = self.files()?;
+        let (done, result) = tokio::sync::oneshot::channel();
+        tokio::task::spawn_blocking(move || {
+            let _ = done.send(f(files.as_ref()));
+            files.prepare();
+        });
+        result.await.map_err(|_| {
+            err(
+                ErrorCode::InternalError,
+                "The definition writer failed before it answered",
+            )
         })
     }
 
@@ -379,6 +417,16 @@ impl Domains {
             &self.paths.log,
         ] {
             std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        if self.files.get().is_none() {
+            // Replays what a crash left in the journal before the files are read.
+            let journal = rvirt_daemon::journal::ConfigJournal::open(&self.paths.config).map_err(|e| {
+                format!(
+                    "cannot open the definitions journal in {}: {e}",
+                    self.paths.config.display()
+                )
+            })?;
+            let _ = self.files.set(Arc::new(journal));
         }
         self.load_configs();
         self.adopt_running().await;
@@ -678,8 +726,7 @@ impl Domains {
         DomainDef::parse_with(xml, ParseFlags::default(), &self.defaults()).map_err(|e| xml_status(&e))
     }
 
-    /// Writes `def`'s file, durably, on a blocking thread: the worker threads go on serving
-    /// other calls while the disk works, and no registry lock is held meanwhile.
+    /// Writes `def`'s file, durably, on a blocking thread, with no registry lock held.
     async fn save_config(&self, def: &DomainDef) -> Result<(), Status> {
         let xml = def.format(FormatFlags::default()).map_err(|e| {
             err(
@@ -687,20 +734,20 @@ impl Domains {
                 format!("Cannot format the definition: {e}"),
             )
         })?;
-        let path = self.paths.config_file(&def.name);
-        let write_file = self.write_file.clone();
-        let (path, written) = tokio::task::spawn_blocking(move || {
-            let written = (write_file.0)(&path, xml.as_bytes(), 0o600);
-            (path, written)
-        })
-        .await
-        .map_err(|e| {
-            err(
-                ErrorCode::InternalError,
-                format!("The definition writer failed: {e}"),
-            )
-        })?;
-        written.map_err(|e| io_error("save the definition to", &path, &e))
+        let name = config_file_name(&def.name);
+        let path = self.paths.config.join(&name);
+        self.with_files(move |files| files.put(&name, xml.as_bytes(), 0o600))
+            .await?
+            .map_err(|e| io_error("save the definition to", &path, &e))
+    }
+
+    /// Removes the definition file of domain `name`, durably, on a blocking thread.
+    async fn remove_config(&self, name: &str) -> Result<(), Status> {
+        let file = config_file_name(name);
+        let path = self.paths.config.join(&file);
+        self.with_files(move |files| files.remove(&file))
+            .await?
+            .map_err(|e| io_error("remove", &path, &e))
     }
 
     /// Defines (or redefines) a persistent domain.
@@ -839,8 +886,7 @@ impl Domains {
         if link.symlink_metadata().is_ok() {
             rvirt_daemon::atomic::remove_durable(&link).map_err(|e| io_error("remove", &link, &e))?;
         }
-        let path = self.paths.config_file(&name);
-        rvirt_daemon::atomic::remove_durable(&path).map_err(|e| io_error("remove", &path, &e))?;
+        self.remove_config(&name).await?;
         let who = {
             let mut inner = vm.lock();
             inner.config = None;
@@ -1862,19 +1908,11 @@ mod tests {
     ) {
         let (entered_tx, entered_rx) = tokio::sync::mpsc::unbounded_channel();
         let (release_tx, release_rx) = mpsc::channel::<bool>();
-        let release_rx = Mutex::new(release_rx);
-        let writer = FileWriter(Arc::new(move |path: &Path, data: &[u8], mode: u32| {
-            let _ = entered_tx.send(path.to_owned());
-            let ok = release_rx
-                .lock()
-                .map_err(|_| std::io::Error::other("poisoned"))?
-                .recv()
-                .map_err(std::io::Error::other)?;
-            if !ok {
-                return Err(std::io::Error::other("the disk is full"));
-            }
-            rvirt_daemon::atomic::write_atomic(path, data, mode)
-        }));
+        let files = GatedFiles {
+            dir: dir.join("etc"),
+            entered: entered_tx,
+            release: Mutex::new(release_rx),
+        };
         let caps = Arc::new(QemuCaps::new(crate::caps::CapsConfig::new(
             &dir.join("data"),
             &dir.join("run"),
@@ -1883,15 +1921,43 @@ mod tests {
         for sub in ["etc", "run", "log"] {
             std::fs::create_dir_all(dir.join(sub)).expect("dirs");
         }
-        let domains = Domains::with_writer(
+        let domains = Domains::new(
             caps,
             paths,
             resources::Context {
                 mode: resources::Mode::System,
             },
-            writer,
         );
+        assert!(domains.files.set(Arc::new(files)).is_ok());
         (domains, release_tx, entered_rx)
+    }
+
+    /// Definition files whose writes wait for a token and announce themselves.
+    struct GatedFiles {
+        dir: PathBuf,
+        entered: tokio::sync::mpsc::UnboundedSender<PathBuf>,
+        release: Mutex<mpsc::Receiver<bool>>,
+    }
+
+    impl DefinitionFiles for GatedFiles {
+        fn put(&self, name: &str, data: &[u8], mode: u32) -> std::io::Result<()> {
+            let path = self.dir.join(name);
+            let _ = self.entered.send(path.clone());
+            let ok = self
+                .release
+                .lock()
+                .map_err(|_| std::io::Error::other("poisoned"))?
+                .recv()
+                .map_err(std::io::Error::other)?;
+            if !ok {
+                return Err(std::io::Error::other("the disk is full"));
+            }
+            rvirt_daemon::atomic::write_atomic(&path, data, mode)
+        }
+
+        fn remove(&self, name: &str) -> std::io::Result<()> {
+            rvirt_daemon::atomic::remove_durable(&self.dir.join(name))
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -167,30 +167,33 @@ impl Domains {
             release_new_name();
             return Err(e);
         }
-        let old_file = self.paths.config_file(&old_name);
         let old_link = self.paths.autostart_link(&old_name);
         let new_file = self.paths.config_file(new_name);
         let new_link = self.paths.autostart_link(new_name);
-        let moved = tokio::task::spawn_blocking(move || {
-            let moved = (|| {
-                if autostart {
+        let old_file = config_file_name(&old_name);
+        let new_file_name = config_file_name(new_name);
+        let old_path = self.paths.config.join(&old_file);
+        let moved = self
+            .with_files(move |files| {
+                let moved = (|| {
+                    if autostart {
+                        let _ = std::fs::remove_file(&new_link);
+                        std::os::unix::fs::symlink(&new_file, &new_link)
+                            .map_err(|e| io_error("create the autostart link", &new_link, &e))?;
+                    }
+                    files.remove(&old_file).map_err(|e| io_error("remove", &old_path, &e))
+                })();
+                if moved.is_err() {
+                    // Back to the old name: the new files go, the old definition stays in force.
                     let _ = std::fs::remove_file(&new_link);
-                    std::os::unix::fs::symlink(&new_file, &new_link)
-                        .map_err(|e| io_error("create the autostart link", &new_link, &e))?;
+                    let _ = files.remove(&new_file_name);
+                } else if autostart && let Err(e) = rvirt_daemon::atomic::remove_durable(&old_link) {
+                    tracing::warn!(link = %old_link.display(), error = %e, "cannot remove the old autostart link");
                 }
-                rvirt_daemon::atomic::remove_durable(&old_file).map_err(|e| io_error("remove", &old_file, &e))
-            })();
-            if moved.is_err() {
-                // Back to the old name: the new files go, the old definition stays in force.
-                let _ = std::fs::remove_file(&new_link);
-                let _ = rvirt_daemon::atomic::remove_durable(&new_file);
-            } else if autostart && let Err(e) = rvirt_daemon::atomic::remove_durable(&old_link) {
-                tracing::warn!(link = %old_link.display(), error = %e, "cannot remove the old autostart link");
-            }
-            moved
-        })
-        .await
-        .unwrap_or_else(|e| Err(err(ErrorCode::InternalError, format!("The rename failed: {e}"))));
+                moved
+            })
+            .await
+            .and_then(|moved| moved);
         if let Err(e) = moved {
             release_new_name();
             return Err(e);
