@@ -102,6 +102,19 @@ impl Env {
         )
     }
 
+    /// The domain's XML, with `GetDomainXml` flags `flags`.
+    async fn xml(&mut self, name: &str, flags: u32) -> String {
+        self.client
+            .get_domain_xml(GetDomainXmlRequest {
+                domain: Some(by_name(name)),
+                flags,
+            })
+            .await
+            .expect("domain XML")
+            .into_inner()
+            .xml
+    }
+
     async fn destroy(&mut self, name: &str) {
         self.client
             .destroy_domain(DestroyDomainRequest {
@@ -401,16 +414,7 @@ async fn a_guest_runs_through_its_whole_lifecycle() {
     assert_eq!(info.nr_virt_cpu, 1);
     assert!(info.cpu_time_ns > 0, "QEMU has used CPU time: {info:?}");
 
-    let live = env
-        .client
-        .get_domain_xml(GetDomainXmlRequest {
-            domain: Some(by_name("life")),
-            flags: 0,
-        })
-        .await
-        .expect("xml")
-        .into_inner()
-        .xml;
+    let live = env.xml("life", 0).await;
     assert!(live.starts_with("<domain type='qemu' id='"), "{live}");
     assert!(
         live.contains("<source path='/dev/pts/"),
@@ -914,16 +918,7 @@ async fn every_definition_change_survives_a_killed_daemon() {
         .collect();
     names.sort();
     assert_eq!(names, ["changed", "kept", "new-name"]);
-    let changed = env
-        .client
-        .get_domain_xml(GetDomainXmlRequest {
-            domain: Some(by_name("changed")),
-            flags: 0,
-        })
-        .await
-        .expect("xml")
-        .into_inner()
-        .xml;
+    let changed = env.xml("changed", 0).await;
     assert!(changed.contains("<title>second version</title>"), "{changed}");
     // The files on disk say the same once the journal was replayed.
     let config = env.root.path().join("etc/rvirt/qemu");
@@ -1510,15 +1505,7 @@ async fn rvirsh_sets_descriptions_metadata_and_renames() {
 }
 
 async fn inactive_xml(env: &mut Env, name: &str) -> String {
-    env.client
-        .get_domain_xml(GetDomainXmlRequest {
-            domain: Some(by_name(name)),
-            flags: DomainXmlFlag::Inactive as u32,
-        })
-        .await
-        .expect("inactive XML")
-        .into_inner()
-        .xml
+    env.xml(name, DomainXmlFlag::Inactive as u32).await
 }
 
 /// `virsh setmem`/`setmaxmem`/`setvcpus`: the definition changes with libvirt's limits; a
@@ -1736,16 +1723,7 @@ async fn devices_are_attached_to_and_detached_from_the_definition() {
     assert!(!xml.contains("on_crash>restart"), "{xml}");
 
     env.start("dev", 0).await;
-    let live = env
-        .client
-        .get_domain_xml(GetDomainXmlRequest {
-            domain: Some(by_name("dev")),
-            flags: 0,
-        })
-        .await
-        .expect("live XML")
-        .into_inner()
-        .xml;
+    let live = env.xml("dev", 0).await;
     assert!(
         live.contains("<target dev='vdb' bus='virtio'/>"),
         "QEMU runs with the attached disk: {live}"
@@ -1944,21 +1922,7 @@ async fn a_cdrom_medium_is_inserted_and_ejected_live_and_in_the_definition() {
         .update_domain_device(update(medium(&iso_path), LIVE))
         .await
         .expect("insert a medium into the running guest's drive");
-    let live = |env: &mut Env| {
-        let mut client = env.client.clone();
-        async move {
-            client
-                .get_domain_xml(GetDomainXmlRequest {
-                    domain: Some(by_name("cd")),
-                    flags: 0,
-                })
-                .await
-                .expect("live XML")
-                .into_inner()
-                .xml
-        }
-    };
-    assert!(live(&mut env).await.contains(&iso_path));
+    assert!(env.xml("cd", 0).await.contains(&iso_path));
     assert!(
         !inactive_xml(&mut env, "cd").await.contains(&iso_path),
         "LIVE leaves the definition"
@@ -1978,7 +1942,7 @@ async fn a_cdrom_medium_is_inserted_and_ejected_live_and_in_the_definition() {
         .update_domain_device(update(cdrom.to_owned(), LIVE))
         .await
         .expect("eject");
-    assert!(!live(&mut env).await.contains(&iso_path));
+    assert!(!env.xml("cd", 0).await.contains(&iso_path));
     let vda = format!(
         "<disk type='file' device='disk'><source file='{}'/><target dev='vda' bus='virtio'/></disk>",
         disk.display()
@@ -2004,7 +1968,7 @@ async fn a_cdrom_medium_is_inserted_and_ejected_live_and_in_the_definition() {
         "{}",
         said(&out)
     );
-    assert!(live(&mut env).await.contains(&iso_path));
+    assert!(env.xml("cd", 0).await.contains(&iso_path));
     env.destroy("cd").await;
     env.client
         .update_domain_device(update(medium(&iso_path), CONFIG))
