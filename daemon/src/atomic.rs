@@ -4,7 +4,7 @@
 
 use std::io::Write as _;
 use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `data` to `path` atomically with permissions `mode` (e.g. `0o600`), creating the
 /// parent directory if needed.
@@ -13,17 +13,21 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
         .parent()
         .ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
     std::fs::create_dir_all(dir)?;
+    replace(path, data, mode)?;
+    sync_dir(dir)
+}
+
+/// The first three steps of [`write_atomic`]: a temporary file beside `path`, written and
+/// fsynced, renamed over `path`. The directory is not synced: a caller replacing many files
+/// syncs it once.
+pub(crate) fn replace(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("path has no file name"))?;
-    // Unique per process and per call, so concurrent writers of one path never share a temporary.
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{n}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let tmp = temporary_path(dir, &name.to_string_lossy());
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -34,13 +38,36 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> 
         file.set_permissions(std::fs::Permissions::from_mode(mode))?;
         file.write_all(data)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// A new temporary file name in `dir` for file `name`: hidden, and unique per process and per
+/// call, so concurrent writers of one path never share a temporary. Every temporary of this
+/// crate is named so (`.NAME.tmp-PID-N`), which is how a recovery finds those a crash left.
+pub(crate) fn temporary_path(dir: &Path, name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let pid = PID.get_or_init(std::process::id);
+    dir.join(format!(".{name}.tmp-{pid}-{n}"))
+}
+
+/// Makes `dir`'s entries (creations, renames, removals) durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes `path`; a missing file is not an error. Nothing is synced.
+pub(crate) fn remove_if_present(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// Removes `path` and fsyncs its directory; a missing file is not an error.
@@ -51,7 +78,7 @@ pub fn remove_durable(path: &Path) -> std::io::Result<()> {
         Err(e) => return Err(e),
     }
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+        sync_dir(dir)?;
     }
     Ok(())
 }

@@ -36,6 +36,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::atomic::{remove_durable, remove_if_present, replace, sync_dir, temporary_path};
+
 /// What a journal file starts with.
 const MAGIC: &[u8; 16] = b"rvirt-journal 1\n";
 /// Record kinds.
@@ -139,10 +141,6 @@ fn check_name(name: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
 fn encode(kind: u8, name: &str, mode: u32, data: &[u8]) -> std::io::Result<Vec<u8>> {
     let data_len = u32::try_from(data.len()).map_err(|_| invalid("contents over 4 GiB".to_owned()))?;
     let name_len = u16::try_from(name.len()).map_err(|_| invalid("file name too long".to_owned()))?;
@@ -198,15 +196,6 @@ fn decode(bytes: &[u8]) -> (Vec<Record>, bool) {
     }
     // A journal is preallocated with zeros: only something else is a torn record.
     (records, rest.iter().any(|b| *b != 0))
-}
-
-/// A new, unique name for a temporary file in `dir`, about file `name`.
-fn temporary_path(dir: &Path, name: &str) -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    let pid = PID.get_or_init(std::process::id);
-    dir.join(format!(".{name}.tmp-{pid}-{n}"))
 }
 
 /// Creates an empty temporary file in `dir` with permissions `mode`.
@@ -424,13 +413,9 @@ impl ConfigJournal {
             Err(e) => return Err(e),
         }
         state.append(&record)?;
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                self.undo(&mut state, name);
-                return Err(e);
-            }
+        if let Err(e) = remove_if_present(&path) {
+            self.undo(&mut state, name);
+            return Err(e);
         }
         self.shared.nudge(&state);
         Ok(())
@@ -561,12 +546,7 @@ impl Shared {
         nix::unistd::syncfs(&dir).map_err(std::io::Error::from)?;
         // Oldest first, and never a newer journal while an older one is left.
         for path in &retired {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            sync_dir(&self.dir)?;
+            remove_durable(path)?;
             self.lock().retired.retain(|r| r != path);
         }
         self.lock().checkpoints += 1;
@@ -606,21 +586,9 @@ fn recover(dir: &Path) -> std::io::Result<u64> {
         }
         for record in records {
             match record {
-                Record::Put { name, mode, data } => {
-                    let tmp = write_temporary(dir, &name, &data, mode)?;
-                    let synced = File::open(&tmp)
-                        .and_then(|f| f.sync_all())
-                        .and_then(|()| std::fs::rename(&tmp, dir.join(&name)));
-                    if let Err(e) = synced {
-                        let _ = std::fs::remove_file(&tmp);
-                        return Err(e);
-                    }
-                }
-                Record::Remove { name } => match std::fs::remove_file(dir.join(&name)) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                },
+                // The directory is synced once, below.
+                Record::Put { name, mode, data } => replace(&dir.join(&name), &data, mode)?,
+                Record::Remove { name } => remove_if_present(&dir.join(&name))?,
             }
         }
     }

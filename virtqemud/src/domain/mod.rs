@@ -735,19 +735,25 @@ impl Domains {
             )
         })?;
         let name = config_file_name(&def.name);
-        let path = self.paths.config.join(&name);
+        let path = self.paths.config_file(&def.name);
         self.with_files(move |files| files.put(&name, xml.as_bytes(), 0o600))
             .await?
             .map_err(|e| io_error("save the definition to", &path, &e))
     }
 
-    /// Removes the definition file of domain `name`, durably, on a blocking thread.
+    /// Removes domain `name`'s autostart link and definition file, durably, on a blocking
+    /// thread.
     async fn remove_config(&self, name: &str) -> Result<(), Status> {
         let file = config_file_name(name);
-        let path = self.paths.config.join(&file);
-        self.with_files(move |files| files.remove(&file))
-            .await?
-            .map_err(|e| io_error("remove", &path, &e))
+        let path = self.paths.config_file(name);
+        let link = self.paths.autostart_link(name);
+        self.with_files(move |files| {
+            if link.symlink_metadata().is_ok() {
+                rvirt_daemon::atomic::remove_durable(&link).map_err(|e| io_error("remove", &link, &e))?;
+            }
+            files.remove(&file).map_err(|e| io_error("remove", &path, &e))
+        })
+        .await?
     }
 
     /// Defines (or redefines) a persistent domain.
@@ -882,10 +888,6 @@ impl Domains {
             }
             (inner.name.clone(), inner.run.is_some())
         };
-        let link = self.paths.autostart_link(&name);
-        if link.symlink_metadata().is_ok() {
-            rvirt_daemon::atomic::remove_durable(&link).map_err(|e| io_error("remove", &link, &e))?;
-        }
         self.remove_config(&name).await?;
         let who = {
             let mut inner = vm.lock();

@@ -172,7 +172,7 @@ impl Domains {
         let new_link = self.paths.autostart_link(new_name);
         let old_file = config_file_name(&old_name);
         let new_file_name = config_file_name(new_name);
-        let old_path = self.paths.config.join(&old_file);
+        let old_path = self.paths.config_file(&old_name);
         let moved = self
             .with_files(move |files| {
                 let moved = (|| {
