@@ -133,6 +133,8 @@ pub struct DaemonProcess {
     pid: u32,
     notify: UnixDatagram,
     exited: tokio::sync::watch::Receiver<Option<(ExitStatus, String)>>,
+    /// The log again, for a failing test's drop (which cannot await the watch).
+    log: std::sync::mpsc::Receiver<String>,
 }
 
 /// How to start a daemon.
@@ -210,12 +212,14 @@ impl DaemonProcess {
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let pid = child.id();
         let (tx, exited) = tokio::sync::watch::channel(None);
-        std::thread::spawn(move || wait_child(&mut child, &tx));
+        let (log_tx, log) = std::sync::mpsc::channel();
+        std::thread::spawn(move || wait_child(&mut child, &tx, &log_tx));
         DaemonProcess {
             name: name.to_owned(),
             pid,
             notify,
             exited,
+            log,
         }
     }
 
@@ -267,21 +271,49 @@ impl DaemonProcess {
     }
 }
 
+/// How many of a daemon's last log lines a failing test prints.
+const LOG_TAIL_LINES: usize = 80;
+
 impl Drop for DaemonProcess {
     fn drop(&mut self) {
         if self.exited.borrow().is_none() {
             let pid = nix::unistd::Pid::from_raw(self.pid as i32);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
+        // A failing test shows what its daemons logged: a failure that happens once in CI
+        // can then be understood from CI's output alone.
+        if std::thread::panicking() {
+            let log = self
+                .exited
+                .borrow()
+                .as_ref()
+                .map(|(_, log)| log.clone())
+                .or_else(|| self.log.recv_timeout(Duration::from_secs(5)).ok());
+            if let Some(log) = log {
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+                eprintln!(
+                    "--- the last {} lines {} logged ---\n{}",
+                    tail.len(),
+                    self.name,
+                    tail.join("\n")
+                );
+            }
+        }
     }
 }
 
-fn wait_child(child: &mut Child, tx: &tokio::sync::watch::Sender<Option<(ExitStatus, String)>>) {
+fn wait_child(
+    child: &mut Child,
+    tx: &tokio::sync::watch::Sender<Option<(ExitStatus, String)>>,
+    log_tx: &std::sync::mpsc::Sender<String>,
+) {
     let mut log = String::new();
     if let Some(mut stderr) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
     }
     if let Ok(status) = child.wait() {
+        let _ = log_tx.send(log.clone());
         tx.send_replace(Some((status, log)));
     }
 }

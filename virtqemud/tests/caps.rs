@@ -367,6 +367,90 @@ async fn concurrent_requests_wait_for_one_probe() {
     assert_eq!(counting.count(), 1);
 }
 
+/// Fails its first `failures` probes with `error`, then answers like [`Fake`].
+struct Failing {
+    failures: AtomicUsize,
+    error: fn(&Path) -> ProbeError,
+}
+
+#[tonic::async_trait]
+impl EmulatorProber for Failing {
+    async fn probe(&self, binary: &Path, kvm: bool) -> Result<EmulatorCaps, ProbeError> {
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err((self.error)(binary));
+        }
+        Ok(fake_caps(binary, kvm))
+    }
+}
+
+fn too_slow(binary: &Path) -> ProbeError {
+    ProbeError::Timeout {
+        binary: binary.to_owned(),
+        timeout: Duration::from_secs(60),
+    }
+}
+
+fn cannot_start(binary: &Path) -> ProbeError {
+    ProbeError::Spawn {
+        binary: binary.to_owned(),
+        reason: "exec format error".into(),
+    }
+}
+
+#[tokio::test]
+async fn a_probe_too_slow_to_answer_is_tried_again_and_never_remembered() {
+    let setup = Setup::empty();
+    let binary = setup.fake_binary("qemu-system-x86_64", "slow");
+    // Once: the lookup's own second try answers.
+    let once = Counting::new(Arc::new(Failing {
+        failures: AtomicUsize::new(1),
+        error: too_slow,
+    }));
+    let caps = QemuCaps::with_prober(setup.config(), once.clone());
+    caps.emulator(&binary).await.expect("the second try answers");
+    assert_eq!(once.count(), 2);
+
+    // Twice: this lookup fails, with the reason; the next one probes anew and succeeds.
+    let _ = std::fs::remove_dir_all(setup.cache_dir());
+    let twice = Counting::new(Arc::new(Failing {
+        failures: AtomicUsize::new(2),
+        error: too_slow,
+    }));
+    let caps = QemuCaps::with_prober(setup.config(), twice.clone());
+    let err = caps.emulator(&binary).await.expect_err("both tries time out");
+    assert!(
+        err.is_transient() && err.to_string().contains("took longer than"),
+        "{err}"
+    );
+    assert_eq!(twice.count(), 2);
+    caps.emulator(&binary).await.expect("the failure was not kept");
+    assert_eq!(twice.count(), 3);
+    caps.emulator(&binary).await.expect("now remembered");
+    assert_eq!(twice.count(), 3);
+}
+
+#[tokio::test]
+async fn a_binary_that_cannot_start_is_not_probed_again_until_it_changes() {
+    let setup = Setup::empty();
+    let binary = setup.fake_binary("qemu-system-x86_64", "broken");
+    let counting = Counting::new(Arc::new(Failing {
+        failures: AtomicUsize::new(1),
+        error: cannot_start,
+    }));
+    let caps = QemuCaps::with_prober(setup.config(), counting.clone());
+    let err = caps.emulator(&binary).await.expect_err("cannot start");
+    assert!(!err.is_transient(), "{err}");
+    caps.emulator(&binary).await.expect_err("remembered");
+    assert_eq!(counting.count(), 1, "no second try and no new probe");
+    setup.fake_binary("qemu-system-x86_64", "fixed, and longer");
+    caps.emulator(&binary)
+        .await
+        .expect("a changed binary is probed again");
+    assert_eq!(counting.count(), 2);
+}
+
 #[tokio::test]
 async fn a_changed_binary_is_probed_again() {
     let setup = Setup::empty();

@@ -4,7 +4,9 @@
 //! An entry is valid while its [`CacheKey`] matches: the binary's path, size and modification
 //! time, rvirt's version, whether KVM was usable, the kernel release and the CPU microcode
 //! (libvirt invalidates on the same host changes). Concurrent lookups of one binary share one
-//! probe; a failed probe is remembered in memory for that key only, never written.
+//! probe. A probe that fails because QEMU was too slow to answer (a loaded host) is tried once
+//! more, and if it fails again the next lookup probes anew; any other failure (a binary that
+//! cannot start or describe itself) is remembered in memory for that key only, never written.
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt as _;
@@ -170,7 +172,14 @@ impl EmulatorCache {
                 }
                 source = Source::Probe;
                 let started = std::time::Instant::now();
-                let caps = match self.prober.probe(binary, key.kvm).await {
+                let mut probed = self.prober.probe(binary, key.kvm).await;
+                if let Err(e) = &probed
+                    && e.is_transient()
+                {
+                    tracing::warn!(binary = %binary.display(), error = %e, "QEMU was too slow to describe itself; probing it again");
+                    probed = self.prober.probe(binary, key.kvm).await;
+                }
+                let caps = match probed {
                     Ok(caps) => caps,
                     Err(e) => {
                         tracing::warn!(binary = %binary.display(), error = %e, "cannot probe QEMU; it is left out");
@@ -189,6 +198,15 @@ impl EmulatorCache {
             })
             .await
             .clone();
+        if let Err(e) = &value
+            && e.is_transient()
+        {
+            // Forget it, so that the next lookup probes again (unless a newer slot replaced it).
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            if slots.get(binary).is_some_and(|s| Arc::ptr_eq(s, &slot)) {
+                slots.remove(binary);
+            }
+        }
         value.map(|caps| (caps, source))
     }
 

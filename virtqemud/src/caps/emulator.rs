@@ -101,14 +101,14 @@ pub enum ProbeError {
         reason: String,
     },
     /// It started but did not answer over QMP.
-    #[error("{binary} did not describe itself over QMP: {error}{}", stderr_suffix(.stderr))]
+    #[error("{binary} did not describe itself over QMP: {error}{said}")]
     Qmp {
         /// The binary.
         binary: PathBuf,
         /// What failed.
         error: QmpError,
-        /// The end of its standard error.
-        stderr: String,
+        /// What QEMU said and did meanwhile.
+        said: Box<QemuSaid>,
     },
     /// It took too long.
     #[error("{binary} took longer than {timeout:?} to describe itself")]
@@ -128,12 +128,71 @@ pub enum ProbeError {
     },
 }
 
-fn stderr_suffix(stderr: &str) -> String {
-    if stderr.trim().is_empty() {
-        String::new()
-    } else {
-        format!(" (QEMU said: {})", stderr.trim())
+impl ProbeError {
+    /// Whether probing again may succeed: QEMU was too slow to answer (a loaded or stalled
+    /// host), as opposed to a binary that cannot start or describe itself.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ProbeError::Timeout { .. }
+                | ProbeError::Qmp {
+                    error: QmpError::Timeout { .. },
+                    ..
+                }
+        )
     }
+}
+
+/// What a probe QEMU that failed said and did: shown after the error.
+#[derive(Debug, Clone, Default)]
+pub struct QemuSaid {
+    /// The end of its standard error.
+    pub stderr: String,
+    /// What its threads were doing when it stopped answering (only when it timed out).
+    pub threads: Option<String>,
+}
+
+impl std::fmt::Display for QemuSaid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if !self.stderr.trim().is_empty() {
+            write!(f, " (QEMU said: {})", self.stderr.trim())?;
+        }
+        match &self.threads {
+            Some(threads) if !threads.is_empty() => write!(f, " (QEMU's threads then: {threads})"),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// What each thread of process `pid` is doing, from `/proc`: its name, its scheduler state
+/// (`R` running, `S` sleeping, `D` waiting on I/O, ...) and the kernel function it waits in.
+/// Best effort: empty when `/proc` cannot tell.
+pub fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return String::new();
+    };
+    let mut threads: Vec<(u64, String)> = tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid: u64 = task.file_name().to_str()?.parse().ok()?;
+            let dir = task.path();
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // `pid (comm) state ...`: comm may hold spaces and parentheses.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(').map_or("", |(_, n)| n);
+            let state = rest.split_whitespace().next().unwrap_or("?");
+            let wchan = std::fs::read_to_string(dir.join("wchan")).unwrap_or_default();
+            let wchan = wchan.trim();
+            let wait = if wchan.is_empty() || wchan == "0" {
+                String::new()
+            } else {
+                format!(" in {wchan}")
+            };
+            Some((tid, format!("{name} {state}{wait}")))
+        })
+        .collect();
+    threads.sort();
+    threads.into_iter().map(|(_, t)| t).collect::<Vec<_>>().join(", ")
 }
 
 /// Asks a QEMU binary what it can do. The seam between the capability cache and process
@@ -226,6 +285,15 @@ impl Drop for SocketFile {
     }
 }
 
+/// When QEMU stopped answering, what its threads were doing (read before it is killed): tells
+/// a stalled QEMU from a stalled daemon.
+fn timeout_threads(error: &QmpError, pid: Option<u32>) -> Option<String> {
+    match (error, pid) {
+        (QmpError::Timeout { .. }, Some(pid)) => Some(thread_states(pid)),
+        _ => None,
+    }
+}
+
 /// The last lines of a QEMU's standard error (it may be long).
 async fn stderr_tail(handle: tokio::task::JoinHandle<String>) -> String {
     let text = handle.await.unwrap_or_default();
@@ -303,12 +371,16 @@ impl QmpProber {
                 socket_file,
             }),
             Err(error) => {
+                let threads = timeout_threads(&error, child.id());
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 Err(ProbeError::Qmp {
                     binary: binary.to_owned(),
                     error,
-                    stderr: stderr_tail(stderr).await,
+                    said: Box::new(QemuSaid {
+                        stderr: stderr_tail(stderr).await,
+                        threads,
+                    }),
                 })
             }
         }
@@ -332,12 +404,16 @@ impl ProbeQemu {
 
     /// Kills QEMU and turns a QMP failure into a probe error with QEMU's last words.
     async fn fail(mut self, error: QmpError) -> ProbeError {
+        let threads = timeout_threads(&error, self.child.id());
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
         ProbeError::Qmp {
             binary: self.binary.clone(),
             error,
-            stderr: stderr_tail(self.stderr).await,
+            said: Box::new(QemuSaid {
+                stderr: stderr_tail(self.stderr).await,
+                threads,
+            }),
         }
     }
 
@@ -446,6 +522,34 @@ impl EmulatorProber for QmpProber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thread_states_name_each_thread_with_its_state() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (named_tx, named) = std::sync::mpsc::channel::<()>();
+        let idle = std::thread::Builder::new()
+            .name("probe-idle".into())
+            .spawn(move || {
+                // The thread names itself before it runs this.
+                let _ = named_tx.send(());
+                rx.recv()
+            })
+            .expect("thread");
+        named.recv().expect("the thread started");
+        let states = thread_states(std::process::id());
+        drop(tx);
+        let _ = idle.join();
+        let idle = states
+            .split(", ")
+            .find(|t| t.starts_with("probe-idle "))
+            .unwrap_or_else(|| panic!("the idle thread is listed: {states}"));
+        let state = idle["probe-idle ".len()..].chars().next();
+        assert!(
+            matches!(state, Some('R' | 'S')),
+            "a scheduler state follows the name: {idle}"
+        );
+        assert_eq!(thread_states(u32::MAX), "", "no such process: nothing to say");
+    }
 
     fn executable(dir: &Path, name: &str) -> PathBuf {
         let path = dir.join(name);
