@@ -166,7 +166,7 @@ impl EmulatorCache {
         let value = slot
             .value
             .get_or_init(|| async {
-                if let Some(caps) = self.load(&key) {
+                if let Some(caps) = self.load(&key).await {
                     source = Source::Disk;
                     return Ok(Arc::new(caps));
                 }
@@ -193,8 +193,9 @@ impl EmulatorCache {
                     ms = started.elapsed().as_millis() as u64,
                     "probed QEMU"
                 );
-                self.store(&key, &caps);
-                Ok(Arc::new(caps))
+                let caps = Arc::new(caps);
+                self.store(&key, &caps).await;
+                Ok(caps)
             })
             .await
             .clone();
@@ -210,35 +211,52 @@ impl EmulatorCache {
         value.map(|caps| (caps, source))
     }
 
-    fn load(&self, key: &CacheKey) -> Option<EmulatorCaps> {
+    /// The entry on disk for `key`, read and parsed on a blocking thread (a file of a few
+    /// hundred KB: the daemon's worker goes on serving calls meanwhile).
+    async fn load(&self, key: &CacheKey) -> Option<EmulatorCaps> {
         let path = self.file_for(&key.binary);
-        let text = std::fs::read(&path).ok()?;
-        match serde_json::from_slice::<CacheFile>(&text) {
-            Ok(file) if file.key == *key => Some(file.caps),
-            Ok(_) => {
-                tracing::debug!(path = %path.display(), "capability cache entry is stale");
-                None
-            }
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable capability cache entry");
-                None
-            }
-        }
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || load(&path, &key))
+            .await
+            .ok()
+            .flatten()
     }
 
-    fn store(&self, key: &CacheKey, caps: &EmulatorCaps) {
+    /// Writes the entry of `key`, durably, on a blocking thread: an fsync on a busy disk can
+    /// take long, and must not hold up the daemon's worker.
+    async fn store(&self, key: &CacheKey, caps: &Arc<EmulatorCaps>) {
         let path = self.file_for(&key.binary);
-        let written = std::fs::create_dir_all(&self.dir).and_then(|()| {
-            let file = CacheFile {
-                key: key.clone(),
-                caps: caps.clone(),
-            };
+        let dir = self.dir.clone();
+        let file = CacheFile {
+            key: key.clone(),
+            caps: EmulatorCaps::clone(caps),
+        };
+        let target = path.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
             let json = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
-            rvirt_daemon::atomic::write_atomic(&path, &json, 0o644)
-        });
+            rvirt_daemon::atomic::write_atomic(&target, &json, 0o644)
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         if let Err(e) = written {
             // The cache only saves time: the next start probes again.
             tracing::warn!(path = %path.display(), error = %e, "cannot write the capability cache");
+        }
+    }
+}
+
+fn load(path: &Path, key: &CacheKey) -> Option<EmulatorCaps> {
+    let text = std::fs::read(path).ok()?;
+    match serde_json::from_slice::<CacheFile>(&text) {
+        Ok(file) if file.key == *key => Some(file.caps),
+        Ok(_) => {
+            tracing::debug!(path = %path.display(), "capability cache entry is stale");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable capability cache entry");
+            None
         }
     }
 }

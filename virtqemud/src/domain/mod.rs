@@ -238,6 +238,8 @@ pub struct Domains {
     /// Where definition files go: the config directory's journal, opened by
     /// [`Domains::init`]; tests put a slow one.
     files: std::sync::OnceLock<Arc<dyn DefinitionFiles>>,
+    /// Writes and removes the status files, off the worker threads.
+    status_writer: status::StatusWriter,
 }
 
 /// How [`Domains`] keeps its definition files (`<name>.xml` in the config directory),
@@ -342,7 +344,9 @@ pub fn xml_status(e: &rvirt_conf::xml::XmlError) -> Status {
 impl Domains {
     /// A driver with no domains yet; [`Domains::init`] loads them.
     pub fn new(caps: Arc<QemuCaps>, paths: DomainPaths, resource_ctx: resources::Context) -> Arc<Domains> {
+        let status_writer = status::StatusWriter::new(paths.state.clone());
         Arc::new_cyclic(|this| Domains {
+            status_writer,
             caps,
             paths,
             resource_ctx,
@@ -601,7 +605,7 @@ impl Domains {
             });
         }
         tracing::info!(name = %status.name, pid = status.pid, "adopted a running domain");
-        self.write_status(&vm);
+        self.save_status(&vm).await;
         if let Some(this) = self.arc() {
             tokio::spawn(this.watch_vm(Arc::clone(&vm), events, pidfd, tx, generation));
         }
@@ -613,7 +617,7 @@ impl Domains {
 
     fn adoption_failed(&self, vm: &Arc<Vm>, status: &StatusFile, why: &str) {
         tracing::warn!(name = %status.name, "domain {} stopped while virtqemud was not running: {why}", status.name);
-        let _ = rvirt_daemon::atomic::remove_durable(&status::path(&self.paths.state, &status.name));
+        drop(self.status_writer.remove(&status.name));
         let _ = std::fs::remove_dir_all(&status.dir);
         if !status.ports.is_empty() {
             let ctx = self.resource_ctx;
@@ -897,8 +901,8 @@ impl Domains {
         };
         if !active {
             self.drop_if_transient(vm);
-        } else if let Ok(status) = self.status_of(vm) {
-            let _ = status.write(&self.paths.state);
+        } else {
+            self.save_status(vm).await;
         }
         self.emit(
             who,
@@ -1263,7 +1267,9 @@ impl Domains {
                     }
                 }
                 let message = fail(format!("Cannot start the guest's CPUs: {e}")).await;
-                self.finish(vm, generation);
+                if let Some(removed) = self.finish(vm, generation) {
+                    let _ = removed.wait().await;
+                }
                 let _ = tx.send(true);
                 return Err(message);
             }
@@ -1278,7 +1284,7 @@ impl Domains {
             }
             identity(&vm.uuid, &inner)
         };
-        self.write_status(vm);
+        self.save_status(vm).await;
         self.emit(
             who.clone(),
             lifecycle(
@@ -1331,11 +1337,20 @@ impl Domains {
         })
     }
 
+    /// Records `vm`'s state in its status file without waiting for the disk (the writer
+    /// logs a failure): for changes QEMU reported, which no caller waits on.
     fn write_status(&self, vm: &Vm) {
-        if let Ok(status) = self.status_of(vm)
-            && let Err(e) = status.write(&self.paths.state)
-        {
-            tracing::error!(name = %status.name, error = %e, "cannot write the status file");
+        if let Ok(status) = self.status_of(vm) {
+            drop(self.status_writer.write(status));
+        }
+    }
+
+    /// Records `vm`'s state in its status file and waits until it is on disk: before an
+    /// answer that a restarted daemon must be able to rely on.
+    async fn save_status(&self, vm: &Vm) {
+        if let Ok(status) = self.status_of(vm) {
+            // A failure is logged by the writer; the domain runs on either way.
+            let _ = self.status_writer.write(status).wait().await;
         }
     }
 
@@ -1384,20 +1399,22 @@ impl Domains {
         if !ports.is_empty() {
             resources::release(&self.resource_ctx, ports).await;
         }
-        self.finish(&vm, generation);
+        // Whoever waits for the stop (a destroy) answers once the status file is gone.
+        if let Some(removed) = self.finish(&vm, generation) {
+            let _ = removed.wait().await;
+        }
         let _ = stopped.send(true);
     }
 
     /// The process of `generation` is gone: the domain is shut off, with the reason the
     /// driver's intent or QEMU's last events give.
-    fn finish(&self, vm: &Arc<Vm>, generation: u64) {
+    /// Returns the removal of its status file, on its way to the disk.
+    fn finish(&self, vm: &Arc<Vm>, generation: u64) -> Option<status::Pending> {
         let (who, detail, dir, ports) = {
             let mut inner = vm.lock();
-            let Some(run) = inner.run.as_ref() else {
-                return;
-            };
+            let run = inner.run.as_ref()?;
             if run.generation != generation {
-                return;
+                return None;
             }
             let (reason, detail) = match run.intent {
                 Some(StopIntent::Destroyed) => (
@@ -1429,7 +1446,7 @@ impl Domains {
             let ctx = self.resource_ctx;
             tokio::spawn(async move { resources::release(&ctx, ports).await });
         }
-        let _ = rvirt_daemon::atomic::remove_durable(&status::path(&self.paths.state, &who.name));
+        let removed = self.status_writer.remove(&who.name);
         let _ = std::fs::remove_dir_all(&dir);
         self.emit(
             who.clone(),
@@ -1437,6 +1454,7 @@ impl Domains {
         );
         tracing::info!(name = %who.name, ?detail, "domain stopped");
         self.drop_if_transient(vm);
+        Some(removed)
     }
 
     fn on_event(&self, vm: &Arc<Vm>, generation: u64, event: QmpEvent) {
@@ -1700,7 +1718,7 @@ impl Domains {
             }
             inner.name.clone()
         };
-        self.write_status(vm);
+        self.save_status(vm).await;
         qmp.system_powerdown()
             .await
             .map_err(|e| Self::qmp_failed(&name, "reboot", &e))
@@ -1746,7 +1764,7 @@ impl Domains {
             inner.reason = Reason::Paused(DomainPausedReason::User as i32);
             identity(&vm.uuid, &inner)
         };
-        self.write_status(vm);
+        self.save_status(vm).await;
         self.emit(
             who,
             lifecycle(
@@ -1792,7 +1810,7 @@ impl Domains {
             inner.reason = Reason::Running(DomainRunningReason::Unpaused as i32);
             identity(&vm.uuid, &inner)
         };
-        self.write_status(vm);
+        self.save_status(vm).await;
         self.emit(
             who,
             lifecycle(

@@ -269,7 +269,7 @@ impl Domains {
             if let Some(run) = vm.lock().run.as_mut() {
                 run.def = def;
             }
-            self.write_status(vm);
+            self.save_status(vm).await;
         }
         self.emit(
             vm.identity(),
@@ -799,7 +799,7 @@ impl Domains {
             if let Some(run) = vm.lock().run.as_mut() {
                 run.def = def;
             }
-            self.write_status(vm);
+            self.save_status(vm).await;
         }
         if let Some(def) = new_config {
             self.store_config(vm, def).await?;
