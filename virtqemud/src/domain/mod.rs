@@ -40,7 +40,7 @@ use tonic::Status;
 use crate::caps::{QemuCaps, TargetQuery};
 use crate::command::{MonitorFd, QemuCommandBuilder};
 use crate::qmp::launch::QmpSocket;
-use crate::qmp::{QmpClient, QmpEvent, QmpEventKind, QmpEvents, QmpOptions};
+use crate::qmp::{QmpClient, QmpError, QmpEvent, QmpEventKind, QmpEvents, QmpOptions};
 use process::Pidfd;
 use status::StatusFile;
 
@@ -1218,17 +1218,30 @@ impl Domains {
             greeting_timeout: GREETING_TIMEOUT,
             ..QmpOptions::default()
         };
+        // A QEMU that stops answering: what its threads were doing, read before it is killed.
+        let stalled = |e: &QmpError| match e {
+            QmpError::Timeout { .. } => {
+                format!(
+                    " (QEMU's threads then: {})",
+                    crate::caps::emulator::thread_states(pid)
+                )
+            }
+            _ => String::new(),
+        };
         let (qmp, events) = match socket.connect(options).await {
             Ok(pair) => pair,
             Err(e) => {
-                return Err(fail(format!("QEMU for domain '{name}' did not start: {e}")).await);
+                let threads = stalled(&e);
+                return Err(fail(format!("QEMU for domain '{name}' did not start: {e}{threads}")).await);
             }
         };
         if let Err(e) = fill_ptys(&qmp, &mut def).await {
-            return Err(fail(format!("Cannot query QEMU's character devices: {e}")).await);
+            let threads = stalled(&e);
+            return Err(fail(format!("Cannot query QEMU's character devices: {e}{threads}")).await);
         }
         if let Err(e) = fill_vnc_port(&qmp, &mut def).await {
-            return Err(fail(format!("Cannot query QEMU's VNC server: {e}")).await);
+            let threads = stalled(&e);
+            return Err(fail(format!("Cannot query QEMU's VNC server: {e}{threads}")).await);
         }
         let (tx, rx) = tokio::sync::watch::channel(false);
         let generation = self.generation.fetch_add(1, Ordering::SeqCst);
