@@ -115,6 +115,32 @@ impl Env {
             .xml
     }
 
+    async fn undefine(&mut self, name: &str) {
+        self.client
+            .undefine_domain(UndefineDomainRequest {
+                domain: Some(by_name(name)),
+                flags: 0,
+            })
+            .await
+            .expect("undefine");
+    }
+
+    /// The names of every listed domain, sorted.
+    async fn names(&mut self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .client
+            .list_domains(ListDomainsRequest::default())
+            .await
+            .expect("list")
+            .into_inner()
+            .domains
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        names.sort();
+        names
+    }
+
     async fn destroy(&mut self, name: &str) {
         self.client
             .destroy_domain(DestroyDomainRequest {
@@ -443,13 +469,7 @@ async fn a_guest_runs_through_its_whole_lifecycle() {
         DomainConsoleCloseReason::DomainStopped as i32
     );
 
-    env.client
-        .undefine_domain(UndefineDomainRequest {
-            domain: Some(by_name("life")),
-            flags: 0,
-        })
-        .await
-        .expect("undefine");
+    env.undefine("life").await;
     events
         .wait(
             "life",
@@ -885,13 +905,7 @@ async fn every_definition_change_survives_a_killed_daemon() {
         .define_domain_xml(DefineDomainXmlRequest { xml, flags: 0 })
         .await
         .expect("redefine");
-    env.client
-        .undefine_domain(UndefineDomainRequest {
-            domain: Some(by_name("gone")),
-            flags: 0,
-        })
-        .await
-        .expect("undefine");
+    env.undefine("gone").await;
     env.client
         .rename_domain(RenameDomainRequest {
             domain: Some(by_name("old-name")),
@@ -906,18 +920,7 @@ async fn every_definition_change_survives_a_killed_daemon() {
     env.daemon.wait_exit(DEADLINE).await.expect("daemon exits");
     env.restart().await;
 
-    let mut names: Vec<String> = env
-        .client
-        .list_domains(ListDomainsRequest { flags: 0 })
-        .await
-        .expect("list")
-        .into_inner()
-        .domains
-        .into_iter()
-        .map(|d| d.name)
-        .collect();
-    names.sort();
-    assert_eq!(names, ["changed", "kept", "new-name"]);
+    assert_eq!(env.names().await, ["changed", "kept", "new-name"]);
     let changed = env.xml("changed", 0).await;
     assert!(changed.contains("<title>second version</title>"), "{changed}");
     // The files on disk say the same once the journal was replayed.
@@ -2019,17 +2022,7 @@ async fn object_rules_hide_and_protect_domains_however_they_are_named() {
         err.message()
     );
     assert_eq!(env.state("db-1").await.0, DomainState::Shutoff);
-    let listed: Vec<String> = env
-        .client
-        .list_domains(ListDomainsRequest::default())
-        .await
-        .expect("list")
-        .into_inner()
-        .domains
-        .into_iter()
-        .map(|d| d.name)
-        .collect();
-    assert_eq!(listed, ["web-1"]);
+    assert_eq!(env.names().await, ["web-1"]);
     // db-1's events are left out: it is undefined first, web-1 next, and the first event the
     // watcher sees is web-1's.
     let mut events = env.events().await;

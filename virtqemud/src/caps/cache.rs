@@ -67,10 +67,11 @@ impl HostKey {
     }
 }
 
+/// A cache file: read as `CacheFile<EmulatorCaps>`, written from borrowed parts.
 #[derive(Serialize, Deserialize)]
-struct CacheFile {
-    key: CacheKey,
-    caps: EmulatorCaps,
+struct CacheFile<K, C> {
+    key: K,
+    caps: C,
 }
 
 type Probed = Result<Arc<EmulatorCaps>, ProbeError>;
@@ -227,13 +228,13 @@ impl EmulatorCache {
     async fn store(&self, key: &CacheKey, caps: &Arc<EmulatorCaps>) {
         let path = self.file_for(&key.binary);
         let dir = self.dir.clone();
-        let file = CacheFile {
-            key: key.clone(),
-            caps: EmulatorCaps::clone(caps),
-        };
-        let target = path.clone();
+        let (key, caps, target) = (key.clone(), Arc::clone(caps), path.clone());
         let written = tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&dir)?;
+            let file = CacheFile {
+                key: &key,
+                caps: &*caps,
+            };
             let json = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
             rvirt_daemon::atomic::write_atomic(&target, &json, 0o644)
         })
@@ -248,7 +249,7 @@ impl EmulatorCache {
 
 fn load(path: &Path, key: &CacheKey) -> Option<EmulatorCaps> {
     let text = std::fs::read(path).ok()?;
-    match serde_json::from_slice::<CacheFile>(&text) {
+    match serde_json::from_slice::<CacheFile<CacheKey, EmulatorCaps>>(&text) {
         Ok(file) if file.key == *key => Some(file.caps),
         Ok(_) => {
             tracing::debug!(path = %path.display(), "capability cache entry is stale");

@@ -14,7 +14,7 @@ use tokio::io::AsyncReadExt as _;
 
 use super::arch::{self, Arch};
 use crate::qmp::commands::{CpuDefinitionInfo, MachineInfo, QemuVersion};
-use crate::qmp::launch::QmpSocket;
+use crate::qmp::launch::{QmpSocket, Stalled, stalled};
 use crate::qmp::{QmpClient, QmpError, QmpOptions};
 
 /// What one accelerator (TCG or KVM) offers with one emulator.
@@ -149,7 +149,7 @@ pub struct QemuSaid {
     /// The end of its standard error.
     pub stderr: String,
     /// What its threads were doing when it stopped answering (only when it timed out).
-    pub threads: Option<String>,
+    pub threads: Option<Stalled>,
 }
 
 impl std::fmt::Display for QemuSaid {
@@ -158,41 +158,10 @@ impl std::fmt::Display for QemuSaid {
             write!(f, " (QEMU said: {})", self.stderr.trim())?;
         }
         match &self.threads {
-            Some(threads) if !threads.is_empty() => write!(f, " (QEMU's threads then: {threads})"),
-            _ => Ok(()),
+            Some(threads) => write!(f, "{threads}"),
+            None => Ok(()),
         }
     }
-}
-
-/// What each thread of process `pid` is doing, from `/proc`: its name, its scheduler state
-/// (`R` running, `S` sleeping, `D` waiting on I/O, ...) and the kernel function it waits in.
-/// Best effort: empty when `/proc` cannot tell.
-pub fn thread_states(pid: u32) -> String {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return String::new();
-    };
-    let mut threads: Vec<(u64, String)> = tasks
-        .flatten()
-        .filter_map(|task| {
-            let tid: u64 = task.file_name().to_str()?.parse().ok()?;
-            let dir = task.path();
-            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-            // `pid (comm) state ...`: comm may hold spaces and parentheses.
-            let (head, rest) = stat.rsplit_once(')')?;
-            let name = head.split_once('(').map_or("", |(_, n)| n);
-            let state = rest.split_whitespace().next().unwrap_or("?");
-            let wchan = std::fs::read_to_string(dir.join("wchan")).unwrap_or_default();
-            let wchan = wchan.trim();
-            let wait = if wchan.is_empty() || wchan == "0" {
-                String::new()
-            } else {
-                format!(" in {wchan}")
-            };
-            Some((tid, format!("{name} {state}{wait}")))
-        })
-        .collect();
-    threads.sort();
-    threads.into_iter().map(|(_, t)| t).collect::<Vec<_>>().join(", ")
 }
 
 /// Asks a QEMU binary what it can do. The seam between the capability cache and process
@@ -285,15 +254,6 @@ impl Drop for SocketFile {
     }
 }
 
-/// When QEMU stopped answering, what its threads were doing (read before it is killed): tells
-/// a stalled QEMU from a stalled daemon.
-fn timeout_threads(error: &QmpError, pid: Option<u32>) -> Option<String> {
-    match (error, pid) {
-        (QmpError::Timeout { .. }, Some(pid)) => Some(thread_states(pid)),
-        _ => None,
-    }
-}
-
 /// The last lines of a QEMU's standard error (it may be long).
 async fn stderr_tail(handle: tokio::task::JoinHandle<String>) -> String {
     let text = handle.await.unwrap_or_default();
@@ -371,7 +331,7 @@ impl QmpProber {
                 socket_file,
             }),
             Err(error) => {
-                let threads = timeout_threads(&error, child.id());
+                let threads = child.id().and_then(|pid| stalled(&error, pid));
                 let _ = child.start_kill();
                 let _ = child.wait().await;
                 Err(ProbeError::Qmp {
@@ -404,7 +364,7 @@ impl ProbeQemu {
 
     /// Kills QEMU and turns a QMP failure into a probe error with QEMU's last words.
     async fn fail(mut self, error: QmpError) -> ProbeError {
-        let threads = timeout_threads(&error, self.child.id());
+        let threads = self.child.id().and_then(|pid| stalled(&error, pid));
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
         ProbeError::Qmp {
@@ -522,34 +482,6 @@ impl EmulatorProber for QmpProber {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn thread_states_name_each_thread_with_its_state() {
-        let (tx, rx) = std::sync::mpsc::channel::<()>();
-        let (named_tx, named) = std::sync::mpsc::channel::<()>();
-        let idle = std::thread::Builder::new()
-            .name("probe-idle".into())
-            .spawn(move || {
-                // The thread names itself before it runs this.
-                let _ = named_tx.send(());
-                rx.recv()
-            })
-            .expect("thread");
-        named.recv().expect("the thread started");
-        let states = thread_states(std::process::id());
-        drop(tx);
-        let _ = idle.join();
-        let idle = states
-            .split(", ")
-            .find(|t| t.starts_with("probe-idle "))
-            .unwrap_or_else(|| panic!("the idle thread is listed: {states}"));
-        let state = idle["probe-idle ".len()..].chars().next();
-        assert!(
-            matches!(state, Some('R' | 'S')),
-            "a scheduler state follows the name: {idle}"
-        );
-        assert_eq!(thread_states(u32::MAX), "", "no such process: nothing to say");
-    }
 
     fn executable(dir: &Path, name: &str) -> PathBuf {
         let path = dir.join(name);

@@ -1219,14 +1219,10 @@ impl Domains {
             ..QmpOptions::default()
         };
         // A QEMU that stops answering: what its threads were doing, read before it is killed.
-        let stalled = |e: &QmpError| match e {
-            QmpError::Timeout { .. } => {
-                format!(
-                    " (QEMU's threads then: {})",
-                    crate::caps::emulator::thread_states(pid)
-                )
-            }
-            _ => String::new(),
+        let stalled = |e: &QmpError| {
+            crate::qmp::launch::stalled(e, pid)
+                .map(|s| s.to_string())
+                .unwrap_or_default()
         };
         let (qmp, events) = match socket.connect(options).await {
             Ok(pair) => pair,

@@ -87,14 +87,18 @@ struct Job {
     done: oneshot::Sender<std::io::Result<()>>,
 }
 
-fn run(job: &Job) -> std::io::Result<()> {
-    match &job.op {
-        Op::Write(status) => {
-            let data = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
-            rvirt_daemon::atomic::write_atomic(&job.path, &data, 0o600)
-        }
+/// Does `job`, logs a failure (most callers do not wait to hear of it) and tells whoever waits.
+fn run(job: Job) {
+    let result = match &job.op {
+        Op::Write(status) => serde_json::to_vec_pretty(status)
+            .map_err(std::io::Error::other)
+            .and_then(|data| rvirt_daemon::atomic::write_atomic(&job.path, &data, 0o600)),
         Op::Remove => rvirt_daemon::atomic::remove_durable(&job.path),
+    };
+    if let Err(e) = &result {
+        tracing::error!(path = %job.path.display(), error = %e, "cannot update a status file");
     }
+    let _ = job.done.send(result);
 }
 
 /// Writes and removes status files durably (each an fsync of the file and of its directory),
@@ -131,15 +135,7 @@ impl StatusWriter {
         let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let spawned = std::thread::Builder::new()
             .name("status-writer".into())
-            .spawn(move || {
-                for job in rx {
-                    let result = run(&job);
-                    if let Err(e) = &result {
-                        tracing::error!(path = %job.path.display(), error = %e, "cannot update a status file");
-                    }
-                    let _ = job.done.send(result);
-                }
-            });
+            .spawn(move || rx.into_iter().for_each(run));
         let jobs = match spawned {
             Ok(_) => Some(tx),
             Err(e) => {
@@ -164,15 +160,14 @@ impl StatusWriter {
     fn submit(&self, path: PathBuf, op: Op) -> Pending {
         let (done, rx) = oneshot::channel();
         let job = Job { path, op, done };
-        let job = match &self.jobs {
-            Some(jobs) => match jobs.send(job) {
-                Ok(()) => return Pending(rx),
-                Err(std::sync::mpsc::SendError(job)) => job,
-            },
-            None => job,
+        let unsent = match &self.jobs {
+            Some(jobs) => jobs.send(job).err().map(|std::sync::mpsc::SendError(job)| job),
+            None => Some(job),
         };
-        let result = run(&job);
-        let _ = job.done.send(result);
+        // No writer thread: the caller's thread does it.
+        if let Some(job) = unsent {
+            run(job);
+        }
         Pending(rx)
     }
 }

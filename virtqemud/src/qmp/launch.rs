@@ -115,3 +115,88 @@ impl QmpSocket {
         let _ = std::fs::remove_file(&self.path);
     }
 }
+
+/// What a QEMU's threads were doing when it stopped answering over QMP, read from `/proc`
+/// before it is killed: a thread waiting on I/O (`D`) tells a stuck QEMU, all of them idle in
+/// a poll tells a daemon that did not read the answer in time. Shown after the error.
+#[derive(Debug, Clone)]
+pub struct Stalled(String);
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            write!(f, " (QEMU's threads then: {})", self.0)
+        }
+    }
+}
+
+/// When `error` is a QMP timeout, what the threads of QEMU `pid` are doing now.
+pub fn stalled(error: &QmpError, pid: u32) -> Option<Stalled> {
+    matches!(error, QmpError::Timeout { .. }).then(|| Stalled(thread_states(pid)))
+}
+
+/// What each thread of process `pid` is doing, from `/proc`: its name, its scheduler state
+/// (`R` running, `S` sleeping, `D` waiting on I/O, ...) and the kernel function it waits in.
+/// Best effort: empty when `/proc` cannot tell.
+pub fn thread_states(pid: u32) -> String {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return String::new();
+    };
+    let mut threads: Vec<(u64, String)> = tasks
+        .flatten()
+        .filter_map(|task| {
+            let tid: u64 = task.file_name().to_str()?.parse().ok()?;
+            let dir = task.path();
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            // `pid (comm) state ...`: comm may hold spaces and parentheses.
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(').map_or("", |(_, n)| n);
+            let state = rest.split_whitespace().next().unwrap_or("?");
+            let wchan = std::fs::read_to_string(dir.join("wchan")).unwrap_or_default();
+            let wchan = wchan.trim();
+            let wait = if wchan.is_empty() || wchan == "0" {
+                String::new()
+            } else {
+                format!(" in {wchan}")
+            };
+            Some((tid, format!("{name} {state}{wait}")))
+        })
+        .collect();
+    threads.sort();
+    threads.into_iter().map(|(_, t)| t).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_states_name_each_thread_with_its_state() {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let (named_tx, named) = std::sync::mpsc::channel::<()>();
+        let idle = std::thread::Builder::new()
+            .name("probe-idle".into())
+            .spawn(move || {
+                // The thread names itself before it runs this.
+                let _ = named_tx.send(());
+                rx.recv()
+            })
+            .expect("thread");
+        named.recv().expect("the thread started");
+        let states = thread_states(std::process::id());
+        drop(tx);
+        let _ = idle.join();
+        let idle = states
+            .split(", ")
+            .find(|t| t.starts_with("probe-idle "))
+            .unwrap_or_else(|| panic!("the idle thread is listed: {states}"));
+        let state = idle["probe-idle ".len()..].chars().next();
+        assert!(
+            matches!(state, Some('R' | 'S')),
+            "a scheduler state follows the name: {idle}"
+        );
+        assert_eq!(thread_states(u32::MAX), "", "no such process: nothing to say");
+    }
+}
