@@ -32,6 +32,22 @@ pub enum ConfigError {
     },
 }
 
+/// A parse error with the line it is on, which names the key (`line 3, busy_poll_us = -1:
+/// invalid value: integer `-1`, expected u32`).
+fn located(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.message().to_owned();
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let start = before.rfind('\n').map_or(0, |i| i + 1);
+    let number = text[..start].matches('\n').count() + 1;
+    let line = text[start..].lines().next().unwrap_or("").trim();
+    format!("line {number}, {line}: {}", e.message())
+}
+
+/// The largest `busy_poll_us` accepted.
+pub const MAX_BUSY_POLL_US: u32 = 10_000;
+
 /// The daemon's settings, with libvirt's defaults.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -63,6 +79,10 @@ pub struct DaemonConfig {
     pub log_filters: String,
     /// Seconds SIGTERM waits for in-flight calls before the daemon exits anyway.
     pub shutdown_timeout: u64,
+    /// Microseconds a worker keeps polling its sockets after a call comes in or is answered,
+    /// instead of sleeping at once (see [`crate::busy_poll`]); 0 turns polling off; unset, the
+    /// daemon's own default ([`DaemonSpec::busy_poll_us`](crate::DaemonSpec::busy_poll_us)).
+    pub busy_poll_us: Option<u32>,
     /// Remote access (virtproxyd only; other daemons ignore these keys).
     #[serde(skip)]
     pub remote: RemoteConfig,
@@ -191,6 +211,7 @@ impl DaemonConfig {
             access_policy_file: String::new(),
             log_filters: String::new(),
             shutdown_timeout: 10,
+            busy_poll_us: None,
             remote: RemoteConfig::defaults(),
         }
     }
@@ -231,6 +252,7 @@ impl DaemonConfig {
             access_policy_file: Option<String>,
             log_filters: Option<String>,
             shutdown_timeout: Option<u64>,
+            busy_poll_us: Option<u32>,
             listen_tls: Option<i64>,
             listen_tcp: Option<i64>,
             tls_port: Option<PortText>,
@@ -244,7 +266,7 @@ impl DaemonConfig {
             auth_tcp: Option<String>,
             auth_tls: Option<String>,
         }
-        let p: Partial = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        let p: Partial = toml::from_str(text).map_err(|e| located(text, &e))?;
         let mut c = Self::defaults(mode);
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = p.$f { c.$f = v; } )* };
@@ -264,6 +286,7 @@ impl DaemonConfig {
             log_filters,
             shutdown_timeout
         );
+        c.busy_poll_us = p.busy_poll_us;
         let r = &mut c.remote;
         if let Some(v) = p.listen_tls {
             r.listen_tls = Some(flag("listen_tls", v)?);
@@ -318,6 +341,11 @@ impl DaemonConfig {
         if c.keepalive_interval == 0 || c.keepalive_interval < -1 {
             return Err("keepalive_interval: must be a number of seconds, or -1 to send no pings".into());
         }
+        if let Some(us) = c.busy_poll_us.filter(|us| *us > MAX_BUSY_POLL_US) {
+            return Err(format!(
+                "busy_poll_us: {us} is more than {MAX_BUSY_POLL_US} (10 ms): a longer window keeps a core busy between calls for little gain; use 0 to turn polling off"
+            ));
+        }
         if c.keepalive_count == 0 {
             return Err("keepalive_count: must be at least 1".into());
         }
@@ -336,6 +364,13 @@ impl DaemonConfig {
             std::time::Duration::from_secs(interval),
             std::time::Duration::from_secs(interval.saturating_mul(u64::from(self.keepalive_count))),
         ))
+    }
+}
+
+impl DaemonConfig {
+    /// The busy-polling window for daemon `spec`: `busy_poll_us`, or the daemon's default.
+    pub fn busy_poll(&self, spec: &crate::DaemonSpec) -> std::time::Duration {
+        std::time::Duration::from_micros(u64::from(self.busy_poll_us.unwrap_or(spec.busy_poll_us)))
     }
 }
 
@@ -449,6 +484,28 @@ mod tests {
         assert!(err.contains("keepalive_count"), "{err}");
         let err = DaemonConfig::parse("keepalive_interval = 0\n", Mode::System).expect_err("zero interval");
         assert!(err.contains("keepalive_interval"), "{err}");
+    }
+
+    #[test]
+    fn busy_polling_is_the_daemons_default_unless_the_file_sets_it() {
+        let spec = |busy_poll_us| crate::DaemonSpec {
+            name: "virtproxyd",
+            sockets: "rvirt",
+            driver: "proxy",
+            about: "",
+            busy_poll_us,
+        };
+        let d = DaemonConfig::defaults(Mode::System);
+        assert_eq!(d.busy_poll(&spec(300)), std::time::Duration::from_micros(300));
+        assert_eq!(d.busy_poll(&spec(0)), std::time::Duration::ZERO);
+        let off = DaemonConfig::parse("busy_poll_us = 0\n", Mode::System).expect("valid");
+        assert_eq!(off.busy_poll(&spec(300)), std::time::Duration::ZERO);
+        let on = DaemonConfig::parse("busy_poll_us = 50\n", Mode::System).expect("valid");
+        assert_eq!(on.busy_poll(&spec(0)), std::time::Duration::from_micros(50));
+        let err = DaemonConfig::parse("busy_poll_us = 10001\n", Mode::System).expect_err("too long");
+        assert!(err.contains("busy_poll_us") && err.contains("10000"), "{err}");
+        let err = DaemonConfig::parse("busy_poll_us = -1\n", Mode::System).expect_err("negative");
+        assert!(err.contains("busy_poll_us"), "{err}");
     }
 
     #[test]

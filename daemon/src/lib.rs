@@ -23,6 +23,7 @@
 pub mod access;
 pub mod admin;
 pub mod atomic;
+pub mod busy_poll;
 pub mod clients;
 pub mod config;
 pub mod host;

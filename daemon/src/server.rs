@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tonic::server::NamedService;
 
 use crate::access::{AccessControl, AccessLayer, AccessPolicy};
+use crate::busy_poll::BusyPollLayer;
 use crate::clients::{ClientRegistry, incoming};
 use crate::config::DaemonConfig;
 use crate::listen::{self, Listener, SocketKind};
@@ -32,6 +33,10 @@ pub struct DaemonSpec {
     pub driver: &'static str,
     /// One line for `--help`.
     pub about: &'static str,
+    /// Microseconds a worker keeps polling after each call when the configuration file does not
+    /// set `busy_poll_us` (see [`crate::busy_poll`]): the proxy's default is not zero, since it
+    /// waits on a backend for every call.
+    pub busy_poll_us: u32,
 }
 
 /// The command line every daemon accepts (libvirt's daemon options, plus `--workers`).
@@ -167,6 +172,8 @@ pub struct DaemonContext {
     pub uid: u32,
     /// The access rules every listener enforces (default policy and policy file).
     pub access: Arc<AccessControl>,
+    /// Keeps the worker polling for a short while after each call (`busy_poll_us`).
+    pub busy_poll: Arc<crate::busy_poll::BusyPoll>,
     /// TCP sockets systemd passed for remote clients, until a driver takes them
     /// ([`take_activated_remote`](Self::take_activated_remote)).
     activated_remote: std::sync::Mutex<Vec<(std::os::fd::OwnedFd, listen::RemoteTransport)>>,
@@ -208,6 +215,7 @@ impl DaemonContext {
             .max_anonymous_clients
             .store(config.max_anonymous_clients as usize, Ordering::Relaxed);
         self.access.set_rules(policy);
+        self.busy_poll.set_window(config.busy_poll(&self.spec));
         if let Ok(mut current) = self.config.write() {
             *current = config;
         }
@@ -308,6 +316,7 @@ where
             return ExitCode::FAILURE;
         }
     };
+    let busy_poll = crate::busy_poll::BusyPoll::new(config.busy_poll(&spec));
     let ctx = Arc::new(DaemonContext {
         spec,
         mode,
@@ -340,6 +349,7 @@ where
                 .map(|(fd, transport)| (unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }, transport))
                 .collect(),
         ),
+        busy_poll,
         driver: std::sync::OnceLock::new(),
         shutdown: watch::channel(false).0,
     });
@@ -460,6 +470,7 @@ where
             .initial_stream_window_size(Some(8 << 20))
             .initial_connection_window_size(Some(16 << 20))
             .max_frame_size(Some(1 << 20))
+            .layer(BusyPollLayer::new(Arc::clone(&ctx.busy_poll)))
             .layer(AccessLayer::with_control(Arc::clone(&ctx.access)))
             .add_routes(routes)
             .serve_with_incoming_shutdown(stream, async move {

@@ -297,6 +297,9 @@ fn serve(
     let routes = crate::routes(forwarder);
     let mut stop = ctx.shutdown_requested();
     let server = tonic::transport::Server::builder()
+        .layer(rvirt_daemon::busy_poll::BusyPollLayer::new(Arc::clone(
+            &ctx.busy_poll,
+        )))
         .layer(RemoteAccessLayer {
             access: Arc::clone(&ctx.access),
         })

@@ -3,10 +3,12 @@
 //!
 //! It starts the real `virtsecretd` and `virtproxyd` binaries (from the directory this binary is
 //! in, or `RVIRT_BIN_DIR`) in a temporary `RVIRT_ROOT`, waits for their readiness notification,
-//! and prints a table. Build everything in release mode first:
+//! and prints a table. `--proxy-poll-us N` and `--backend-poll-us N` write `busy_poll_us = N`
+//! into virtproxyd's and virtsecretd's configuration files (otherwise each runs with its
+//! default). Build everything in release mode first:
 //!
 //! ```text
-//! cargo build --release -p virtsecretd -p virtproxyd && target/release/proxy-bench [--calls N]
+//! cargo build --release -p virtsecretd -p virtproxyd && target/release/proxy-bench [--calls N] [--proxy-poll-us N] [--backend-poll-us N]
 //! ```
 
 use std::path::Path;
@@ -127,11 +129,27 @@ async fn measure(
     })
 }
 
-fn run(calls: usize) -> Result<(), String> {
+/// `busy_poll_us` for each daemon; `None` leaves the daemon's default.
+#[derive(Debug, Default, Clone, Copy)]
+struct Polling {
+    proxy: Option<u32>,
+    backend: Option<u32>,
+}
+
+fn run(calls: usize, polling: Polling) -> Result<(), String> {
     let root = tempfile::Builder::new()
         .prefix("rvirt-bench-")
         .tempdir()
         .map_err(|e| format!("temporary root: {e}"))?;
+    let etc = root.path().join("etc/rvirt");
+    for (daemon, us) in [("virtproxyd", polling.proxy), ("virtsecretd", polling.backend)] {
+        if let Some(us) = us {
+            std::fs::create_dir_all(&etc).map_err(|e| format!("{}: {e}", etc.display()))?;
+            let file = etc.join(format!("{daemon}.conf"));
+            std::fs::write(&file, format!("busy_poll_us = {us}\n"))
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+        }
+    }
     let secrets = rvirt_daemon::launch::start_ready("virtsecretd", root.path(), Duration::from_secs(30))?;
     let proxy_daemon = rvirt_daemon::launch::start_ready("virtproxyd", root.path(), Duration::from_secs(30))?;
     let secrets_pid = Some(secrets.pid());
@@ -153,7 +171,13 @@ fn run(calls: usize) -> Result<(), String> {
         }
         Ok::<_, String>(rows)
     })?;
-    println!("no-op RPC (HostService.GetType), {calls} calls per row, client on 1 tokio worker");
+    let shown = |us: Option<u32>| us.map_or("default".to_owned(), |us| us.to_string());
+    println!(
+        "no-op RPC (HostService.GetType), {calls} calls per row, client on 1 tokio worker, busy_poll_us: virtproxyd {} (default {}), virtsecretd {} (default 0)",
+        shown(polling.proxy),
+        virtproxyd::PROXY_BUSY_POLL_US,
+        shown(polling.backend),
+    );
     println!();
     println!(
         "| path | clients | p50 µs | p99 µs | p99/p50 | calls/s | daemon CPU µs/call | proxy CPU µs/call |"
@@ -178,17 +202,24 @@ fn run(calls: usize) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let mut calls = 10_000;
+    let mut polling = Polling::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match (arg.as_str(), args.next().map(|v| v.parse::<usize>())) {
             ("--calls", Some(Ok(n))) if n > 0 => calls = n,
+            ("--proxy-poll-us", Some(Ok(n))) if u32::try_from(n).is_ok() => {
+                polling.proxy = u32::try_from(n).ok();
+            }
+            ("--backend-poll-us", Some(Ok(n))) if u32::try_from(n).is_ok() => {
+                polling.backend = u32::try_from(n).ok();
+            }
             _ => {
-                eprintln!("usage: proxy-bench [--calls N]");
+                eprintln!("usage: proxy-bench [--calls N] [--proxy-poll-us N] [--backend-poll-us N]");
                 return ExitCode::FAILURE;
             }
         }
     }
-    match run(calls) {
+    match run(calls, polling) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("proxy-bench: {e}");
