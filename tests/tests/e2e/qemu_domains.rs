@@ -1256,6 +1256,9 @@ async fn an_inactive_domain_is_renamed_with_its_autostart_link() {
     env.daemon.signal(nix::sys::signal::Signal::SIGTERM);
     env.daemon.wait_exit(DEADLINE).await.expect("daemon exits");
     env.restart().await;
+    // Autostart runs in the background after the restart: watch before looking, so the start
+    // is either already visible in the state or still to come as an event.
+    let mut events = env.events().await;
     // Autostarted under its new name (or about to be): it is known by it, not by the old one.
     assert!(
         env.client
@@ -1274,13 +1277,17 @@ async fn an_inactive_domain_is_renamed_with_its_autostart_link() {
         .expect("the new name after a restart")
         .into_inner();
     assert_eq!(found.domain.expect("domain").uuid, uuid);
-    let _ = env
-        .client
-        .destroy_domain(DestroyDomainRequest {
-            domain: Some(by_name("after")),
-            flags: 0,
-        })
-        .await;
+    // Destroyed only once it runs: a destroy that came first would leave the autostarted QEMU
+    // running after the test (guests outlive their daemon).
+    if env.state("after").await.0 != DomainState::Running {
+        events
+            .wait("after", |e| {
+                matches!(e, domain_event::Event::Lifecycle(l)
+                    if l.r#type == DomainEventType::Started as i32)
+            })
+            .await;
+    }
+    env.destroy("after").await;
 }
 
 /// `virsh desc` and `virsh metadata`: title, description and namespaced elements, in the
