@@ -52,11 +52,6 @@ impl BusyPoll {
         })
     }
 
-    /// The current window.
-    pub fn window(&self) -> Duration {
-        Duration::from_nanos(self.window.load(Ordering::Relaxed))
-    }
-
     /// Changes the window (a configuration reload); zero stops polling after the current window.
     pub fn set_window(&self, window: Duration) {
         self.window.store(nanos(window), Ordering::Relaxed);

@@ -365,9 +365,7 @@ impl DaemonConfig {
             std::time::Duration::from_secs(interval.saturating_mul(u64::from(self.keepalive_count))),
         ))
     }
-}
 
-impl DaemonConfig {
     /// The busy-polling window for daemon `spec`: `busy_poll_us`, or the daemon's default.
     pub fn busy_poll(&self, spec: &crate::DaemonSpec) -> std::time::Duration {
         std::time::Duration::from_micros(u64::from(self.busy_poll_us.unwrap_or(spec.busy_poll_us)))

@@ -36,7 +36,6 @@ use rvirt_daemon::access::{
     CALLER_CERT_SUBJECT_METADATA, CALLER_GID_METADATA, CALLER_GROUPS_METADATA, CALLER_PID_METADATA,
     CALLER_REMOTE_METADATA, CALLER_UID_METADATA,
 };
-use rvirt_daemon::busy_poll::BusyPoll;
 use rvirt_daemon::listen::{RemotePeer, SocketKind};
 use rvirt_proto::error::status;
 use rvirt_proto::v1::{ErrorCode, ErrorDomain};
@@ -356,9 +355,6 @@ struct Inner {
     uris: Mutex<HashMap<Vec<u8>, Arc<ParsedUri>>>,
     /// Remote proxies, made on first use.
     remotes: Mutex<HashMap<RemoteKey, Arc<Backend>>>,
-    /// Touched when a backend answers, so the worker is awake for the answer's way back and
-    /// the caller's next call (the server's layer touches it when calls come in).
-    busy: Arc<BusyPoll>,
 }
 
 /// Forwards calls to their backends; cheap to clone, one per proxy.
@@ -380,7 +376,7 @@ impl Forwarder {
     /// A forwarder sending calls without `rvirt-uri` to `default_uri`. Backend connections are
     /// made on first use; with `start_session_daemons` (a proxy running in session mode), a
     /// session daemon that is not running is started first.
-    pub fn new(default_uri: ConnectUri, start_session_daemons: bool, busy: Arc<BusyPoll>) -> Forwarder {
+    pub fn new(default_uri: ConnectUri, start_session_daemons: bool) -> Forwarder {
         let system = BaseDirs::new(Mode::System);
         let session = BaseDirs::new(Mode::Session);
         let mut backends = HashMap::new();
@@ -415,7 +411,6 @@ impl Forwarder {
                 backends,
                 uris: Mutex::new(HashMap::new()),
                 remotes: Mutex::new(HashMap::new()),
-                busy,
             }),
         }
     }
@@ -580,10 +575,7 @@ impl Inner {
             Err(refused) => return refused.into_http(),
         };
         match backend.send(request).await {
-            Ok(response) => {
-                self.busy.touch();
-                response
-            }
+            Ok(response) => response,
             Err(Unreachable(cause)) => {
                 let (_, _, shown) = rvirt::connect::remote_target(uri);
                 let transport = if key.tls { "tls" } else { "tcp" };

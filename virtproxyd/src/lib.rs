@@ -32,19 +32,16 @@ pub const SPEC: DaemonSpec = DaemonSpec {
     busy_poll_us: PROXY_BUSY_POLL_US,
 };
 
-/// The proxy's default `busy_poll_us`: after a call comes in or a backend answers, its worker
-/// polls for this long before sleeping, which covers the backend's answer and a client's next
-/// call on the 2-core development machine (`docs/proxy.md`, "Performance").
+/// The proxy's default `busy_poll_us`: after a call comes in or its answer (the backend's)
+/// goes back, the worker polls for this long before sleeping, which covers the backend's answer
+/// and a client's next call on the 2-core development machine (`docs/proxy.md`,
+/// "Performance").
 pub const PROXY_BUSY_POLL_US: u32 = 300;
 
 /// Builds the daemon's driver.
 pub async fn init(ctx: Arc<DaemonContext>) -> Result<ProxyDriver, String> {
     let default_uri = forward::default_uri(ctx.mode)?;
-    let forwarder = Forwarder::new(
-        default_uri,
-        ctx.mode == rvirt::paths::Mode::Session,
-        Arc::clone(&ctx.busy_poll),
-    );
+    let forwarder = Forwarder::new(default_uri, ctx.mode == rvirt::paths::Mode::Session);
     let remote = remote::start(&ctx, &forwarder).await?;
     release_idle_backends(&ctx, forwarder.clone());
     Ok(ProxyDriver {
