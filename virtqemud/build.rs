@@ -5,9 +5,15 @@
 //! most of the 10 MB of code resident. See `docs/qemu-bench.md` ("Idle memory") for how the
 //! file is made and what it saves.
 //!
-//! Debug builds, and builds with `RVIRT_NO_SYMBOL_ORDER` set (a linker other than lld), link as
-//! usual. A symbol the file names that no longer exists is skipped without a warning, so a
-//! stale file only costs memory, never a build.
+//! The file lists each function under the names it has in the two usual release builds,
+//! `cargo build --release -p virtqemud` and `cargo build --release` (the workspace): cargo
+//! builds a dependency with the features all the packages of one build ask for, and the hash
+//! in each symbol name follows them. A symbol the file names that the binary does not have is
+//! skipped without a warning, so a stale file only costs memory, never a build.
+//!
+//! Release builds also pack the binary's relative relocations (`-z pack-relative-relocs`,
+//! DT_RELR, which glibc 2.36 and later load). Debug builds, and builds with
+//! `RVIRT_NO_SYMBOL_ORDER` set (a linker other than lld), link as usual.
 
 use std::path::Path;
 
@@ -18,6 +24,9 @@ fn main() {
     if !release || std::env::var_os("RVIRT_NO_SYMBOL_ORDER").is_some() {
         return;
     }
+    // Relative relocations packed as a bitmap (DT_RELR, glibc 2.36 and later) instead of 24
+    // bytes each: the loader reads 0.35 MB less of the binary at every start.
+    println!("cargo:rustc-link-arg-bin=virtqemud=-Wl,-z,pack-relative-relocs");
     let Some(dir) = std::env::var_os("CARGO_MANIFEST_DIR") else {
         return;
     };

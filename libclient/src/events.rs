@@ -83,6 +83,11 @@ struct Inner<E> {
     retained: VecDeque<Arc<Sequenced<E>>>,
 }
 
+/// How many events a live watch may fall behind before it must resume from the retained log
+/// (it gets a resync with reason `SlowConsumer`). The channel allocates all its slots at once,
+/// so a log retaining more events does not make it larger.
+const LIVE_CAPACITY: usize = 1024;
+
 /// A daemon's log of one kind of event: emits, retains the last `capacity`, and serves watches.
 #[derive(Debug)]
 pub struct EventLog<E> {
@@ -107,9 +112,10 @@ impl<E: Clone + Send + Sync + 'static> EventLog<E> {
             capacity,
             inner: Mutex::new(Inner {
                 next: 1,
-                retained: VecDeque::with_capacity(capacity),
+                // Grows with the events: an idle daemon keeps no room for thousands.
+                retained: VecDeque::new(),
             }),
-            live: broadcast::channel(capacity.max(16)).0,
+            live: broadcast::channel(capacity.clamp(16, LIVE_CAPACITY)).0,
             closed: tokio::sync::watch::channel(false).0,
         }
     }

@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """Turns a text-touch record into a linker symbol-ordering file.
 
-usage: order.py PROFILED TOUCH_FILE RELEASE > hot-symbols.txt
+usage: order.py PROFILED TOUCH_FILE RELEASE [RELEASE...] > hot-symbols.txt
 
 PROFILED is the program text-touch watched (built with every function on its own page, so a
-page names exactly one function); TOUCH_FILE is what text-touch wrote for it; RELEASE is the
-normal release build of the same source. The output names, in RELEASE's symbols, each function
-that ran, once, in the order it first ran.
+page names exactly one function); TOUCH_FILE is what text-touch wrote for it; each RELEASE is a
+normal release build of the same source. The output names each function that ran, once, in the
+order it first ran, under each name it has in the RELEASE builds.
+
+Several RELEASE builds: cargo compiles a dependency with the features that all the packages of
+one build ask for, and those features are part of the hash in every symbol name, so virtqemud
+built alone (`cargo build --release -p virtqemud`) and built with the whole workspace (`cargo
+build --release`) name the same functions differently. The linker skips names its binary does
+not have, so one file serves every build whose names it lists.
 
 The two builds compile the same code but the profiled one is built through a rustc wrapper,
 which changes the hash in the names of functions instantiated in the virtqemud crates
@@ -48,15 +54,16 @@ def unhashed(name):
 
 
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) < 4:
         sys.exit(__doc__)
-    binary, touches, release = sys.argv[1:]
+    binary, touches, releases = sys.argv[1], sys.argv[2], sys.argv[3:]
     base = code_base(binary)
     funcs = functions(binary)
     starts = [f[0] for f in funcs]
     by_shape = {}
-    for _, size, name in functions(release):
-        by_shape.setdefault((unhashed(name), size), []).append(name)
+    for release in releases:
+        for _, size, name in functions(release):
+            by_shape.setdefault((unhashed(name), size), []).append(name)
     seen = set()
     missed = 0
     for line in open(touches):
@@ -76,7 +83,7 @@ def main():
             if match not in seen:
                 seen.add(match)
                 print(match)
-    print(f"{len(seen)} functions; {missed} that ran have no match in {release}", file=sys.stderr)
+    print(f"{len(seen)} functions; {missed} that ran have no match in {' '.join(releases)}", file=sys.stderr)
 
 
 main()

@@ -12,6 +12,7 @@ use rvirt_testdata::validate;
 use virtqemud::caps::emulator::{AccelCaps, EmulatorCaps, EmulatorProber, ProbeError, QmpProber};
 use virtqemud::caps::{CapsConfig, CapsError, QemuCaps, TargetQuery};
 use virtqemud::qmp::commands::{CpuDefinitionInfo, MachineInfo, QemuVersion};
+use virtqemud::qmp::name::Name;
 
 // ---- fixtures ----
 
@@ -120,7 +121,7 @@ struct Fake {
 fn machine(name: &str, alias: Option<&str>, default: bool, deprecated: bool) -> MachineInfo {
     MachineInfo {
         name: name.into(),
-        alias: alias.map(str::to_owned),
+        alias: alias.map(Name::from),
         is_default: default,
         cpu_max: 288,
         hotpluggable_cpus: true,
@@ -136,9 +137,9 @@ fn model(name: &str, missing: &[&str], deprecated: bool, alias_of: Option<&str>)
         name: name.into(),
         migration_safe: true,
         is_static: false,
-        unavailable_features: Some(missing.iter().map(|s| (*s).to_owned()).collect()),
-        typename: format!("{name}-x86_64-cpu"),
-        alias_of: alias_of.map(str::to_owned),
+        unavailable_features: Some(missing.iter().map(|s| Name::from(*s)).collect()),
+        typename: format!("{name}-x86_64-cpu").into(),
+        alias_of: alias_of.map(Name::from),
         deprecated,
     }
 }
@@ -169,15 +170,15 @@ fn fake_caps(binary: &Path, kvm: bool) -> EmulatorCaps {
         arch: "x86_64".into(),
         commands: ["query-vnc", "query-cpu-definitions"]
             .into_iter()
-            .map(String::from)
+            .map(Name::from)
             .collect(),
         device_types: ["VGA", "virtio-blk-pci", "ich9-ahci", "virtio-rng-pci"]
             .into_iter()
-            .map(String::from)
+            .map(Name::from)
             .collect(),
         object_types: ["rng-random", "rng-builtin", "iothread"]
             .into_iter()
-            .map(String::from)
+            .map(Name::from)
             .collect(),
         tcg: accel.clone(),
         kvm: kvm.then_some(accel),

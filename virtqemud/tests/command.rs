@@ -23,6 +23,7 @@ use virtqemud::command::{
     SecretObject, assign_aliases,
 };
 use virtqemud::qmp::commands::{CpuDefinitionInfo, MachineInfo, QemuVersion};
+use virtqemud::qmp::name::Name;
 
 const RUNTIME_DIR: &str = "/run/rvirt/qemu/domain-1";
 const MONITOR_FD: i32 = 1729;
@@ -57,15 +58,18 @@ fn machine(name: &str, alias: &str, cpu_max: u32) -> MachineInfo {
 
 /// QEMU 10.0.2 for x86_64, as probed.
 fn emulator() -> EmulatorCaps {
-    let mut types: BTreeSet<String> = fixture_lines("qemu-types.txt").into_iter().collect();
+    let mut types: BTreeSet<Name> = fixture_lines("qemu-types.txt")
+        .into_iter()
+        .map(Name::from)
+        .collect();
     // Debian ships QXL in a separate module package (qemu-system-modules-spice) the fixture's
     // QEMU lacked; libvirt's reference outputs assume it.
-    types.extend(["qxl".to_string(), "qxl-vga".to_string()]);
+    types.extend(["qxl", "qxl-vga"].map(Name::from));
     let cpus: Vec<CpuDefinitionInfo> = fixture_lines("qemu-cpus.txt")
         .into_iter()
         .map(|name| CpuDefinitionInfo {
-            typename: format!("{name}-x86_64-cpu"),
-            name,
+            typename: format!("{name}-x86_64-cpu").into(),
+            name: name.into(),
             migration_safe: true,
             is_static: false,
             unavailable_features: Some(Vec::new()),

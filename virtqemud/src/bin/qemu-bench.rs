@@ -92,6 +92,41 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
         .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
+/// Where `pid`'s resident memory is, from `/proc/<pid>/smaps`, in KiB: its own binary's code,
+/// the rest of its binary (read-only data, relocated data), other files (libc, libm, the
+/// loader) and anonymous memory (heaps, stacks).
+fn rss_breakdown(pid: u32) -> Result<[u64; 4], String> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
+        .map_err(|e| format!("cannot read /proc/{pid}/smaps: {e}"))?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let mut kib = [0u64; 4];
+    let mut kind = 3;
+    for line in smaps.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if let Some(value) = line.strip_prefix("Rss:") {
+            kib[kind] += value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .unwrap_or(0);
+        } else if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: `start-end perms offset dev inode [path]`.
+            let perms = fields.next().unwrap_or("");
+            let path = fields.nth(3).unwrap_or("");
+            kind = if path.is_empty() || path.starts_with('[') {
+                3
+            } else if Path::new(path) == exe {
+                if perms.contains('x') { 0 } else { 1 }
+            } else {
+                2
+            };
+        }
+    }
+    Ok(kib)
+}
+
 /// The median of `samples` (sorted in place); zero when empty.
 fn p50(samples: &mut [Duration]) -> Duration {
     samples.sort_unstable();
@@ -144,6 +179,8 @@ struct Results {
     domains: usize,
     starts: usize,
     rss_idle: Result<u64, String>,
+    /// [`rss_breakdown`] when `rss_idle` was read.
+    rss_idle_parts: Result<[u64; 4], String>,
     define: Result<Series, String>,
     undefine: Result<Series, String>,
     rss_defined: Result<u64, String>,
@@ -441,6 +478,7 @@ async fn measure(socket: &Path, pid: u32, dir: &Path, domains: usize, starts: us
         domains,
         starts,
         rss_idle: Err("not run".to_owned()),
+        rss_idle_parts: Err("not run".to_owned()),
         define: Err("not run".to_owned()),
         undefine: Err("not run".to_owned()),
         rss_defined: Err("not run".to_owned()),
@@ -476,6 +514,7 @@ async fn measure(socket: &Path, pid: u32, dir: &Path, domains: usize, starts: us
     }
     (results.raw_greeting, results.raw_ready) = raw_qemu(dir, starts);
     results.rss_idle = rss_kib(pid);
+    results.rss_idle_parts = rss_breakdown(pid);
     let Some(channel) = channel else {
         return results;
     };
@@ -611,7 +650,14 @@ fn print(results: &Results) {
     let rss_target = libvirt::RSS_MB / FACTOR;
     row(
         "virtqemud RSS, idle".into(),
-        show_mib(&results.rss_idle),
+        match &results.rss_idle {
+            Ok(kib) => format!(
+                "{:.2} MiB ({:.2} MB)",
+                *kib as f64 / 1024.0,
+                *kib as f64 * 1024.0 / 1e6
+            ),
+            Err(e) => format!("unavailable: {e}"),
+        },
         format!("{} MB", libvirt::RSS_MB),
         format!("≤ {rss_target:.1} MB"),
         results
@@ -627,6 +673,17 @@ fn print(results: &Results) {
         "-".into(),
         None,
     );
+    if let Ok(kib) = &results.rss_idle_parts {
+        let mib = |k: u64| k as f64 / 1024.0;
+        println!();
+        println!(
+            "idle RSS by mapping: virtqemud's code {:.2} MiB, the rest of its binary {:.2} MiB, other files (libc, libm, the loader) {:.2} MiB, anonymous {:.2} MiB",
+            mib(kib[0]),
+            mib(kib[1]),
+            mib(kib[2]),
+            mib(kib[3])
+        );
+    }
 }
 
 fn run(domains: usize, starts: usize) -> Result<(), String> {

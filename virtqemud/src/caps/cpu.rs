@@ -119,14 +119,15 @@ pub fn custom_models(models: &[CpuDefinitionInfo], include_deprecated: bool) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::qmp::name::Name;
 
     fn model(name: &str, missing: Option<&[&str]>) -> CpuDefinitionInfo {
         CpuDefinitionInfo {
             name: name.into(),
             migration_safe: true,
             is_static: false,
-            unavailable_features: missing.map(|m| m.iter().map(|s| (*s).to_owned()).collect()),
-            typename: format!("{name}-x86_64-cpu"),
+            unavailable_features: missing.map(|m| m.iter().map(|s| Name::from(*s)).collect()),
+            typename: format!("{name}-x86_64-cpu").into(),
             alias_of: None,
             deprecated: false,
         }

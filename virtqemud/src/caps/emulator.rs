@@ -15,6 +15,7 @@ use tokio::io::AsyncReadExt as _;
 use super::arch::{self, Arch};
 use crate::qmp::commands::{CpuDefinitionInfo, MachineInfo, QemuVersion};
 use crate::qmp::launch::{QmpSocket, Stalled, stalled};
+use crate::qmp::name::Name;
 use crate::qmp::{QmpClient, QmpError, QmpOptions};
 
 /// What one accelerator (TCG or KVM) offers with one emulator.
@@ -53,11 +54,11 @@ pub struct EmulatorCaps {
     /// libvirt's name for the architecture it emulates (`query-target`).
     pub arch: String,
     /// The QMP commands it has.
-    pub commands: BTreeSet<String>,
+    pub commands: BTreeSet<Name>,
     /// Its concrete device types (`qom-list-types implements=device`).
-    pub device_types: BTreeSet<String>,
+    pub device_types: BTreeSet<Name>,
     /// All its concrete QOM types (devices, backends, objects).
-    pub object_types: BTreeSet<String>,
+    pub object_types: BTreeSet<Name>,
     /// Under TCG.
     pub tcg: AccelCaps,
     /// Under KVM, when KVM is usable and the architecture native to the host.
@@ -390,7 +391,7 @@ impl ProbeQemu {
     }
 }
 
-fn names(types: Vec<crate::qmp::commands::ObjectTypeInfo>) -> BTreeSet<String> {
+fn names(types: Vec<crate::qmp::commands::ObjectTypeInfo>) -> BTreeSet<Name> {
     types.into_iter().map(|t| t.name).collect()
 }
 
@@ -399,7 +400,7 @@ impl QmpProber {
         let qemu = self.start(binary, "tcg").await?;
         let asked = async {
             let target = qemu.client.query_target().await?.arch;
-            let commands: BTreeSet<String> = qemu.client.query_commands().await?.into_iter().collect();
+            let commands: BTreeSet<Name> = qemu.client.query_commands().await?.into_iter().collect();
             let tcg = qemu
                 .accel_caps(commands.contains("query-cpu-definitions"))
                 .await?;
@@ -522,7 +523,7 @@ mod tests {
     fn machines_resolve_by_name_and_alias() {
         let machine = |name: &str, alias: Option<&str>, default: bool| MachineInfo {
             name: name.into(),
-            alias: alias.map(str::to_owned),
+            alias: alias.map(Name::from),
             is_default: default,
             cpu_max: 255,
             hotpluggable_cpus: true,

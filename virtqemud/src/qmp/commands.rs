@@ -5,6 +5,7 @@
 //! that adds members keeps working. [`super::QmpClient::execute_raw`] is the escape hatch for
 //! everything not typed here.
 
+use super::name::Name;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -229,10 +230,10 @@ pub struct StatusInfo {
 #[serde(rename_all = "kebab-case")]
 pub struct MachineInfo {
     /// Its versioned name, e.g. `pc-q35-10.0`.
-    pub name: String,
+    pub name: Name,
     /// Its short alias, e.g. `q35`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alias: Option<String>,
+    pub alias: Option<Name>,
     /// Whether it is the default machine.
     #[serde(default)]
     pub is_default: bool,
@@ -246,10 +247,10 @@ pub struct MachineInfo {
     pub deprecated: bool,
     /// The QOM type of its default CPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default_cpu_type: Option<String>,
+    pub default_cpu_type: Option<Name>,
     /// The id of its default RAM backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub default_ram_id: Option<String>,
+    pub default_ram_id: Option<Name>,
     /// Whether it has ACPI.
     #[serde(default)]
     pub acpi: bool,
@@ -260,7 +261,7 @@ pub struct MachineInfo {
 #[serde(rename_all = "kebab-case")]
 pub struct CpuDefinitionInfo {
     /// The model's name, e.g. `EPYC-Rome`.
-    pub name: String,
+    pub name: Name,
     /// Whether it is migration-safe.
     #[serde(default)]
     pub migration_safe: bool,
@@ -269,13 +270,13 @@ pub struct CpuDefinitionInfo {
     pub is_static: bool,
     /// What the accelerator lacks to run this model; empty when usable, absent when unknown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub unavailable_features: Option<Vec<String>>,
+    pub unavailable_features: Option<Vec<Name>>,
     /// Its QOM type.
     #[serde(default)]
-    pub typename: String,
+    pub typename: Name,
     /// The versioned model this name stands for (`EPYC-Rome` → `EPYC-Rome-v1`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub alias_of: Option<String>,
+    pub alias_of: Option<Name>,
     /// Whether it is deprecated.
     #[serde(default)]
     pub deprecated: bool,
@@ -321,7 +322,7 @@ pub struct KvmInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct CommandInfo {
     /// The command's name.
-    pub name: String,
+    pub name: Name,
 }
 
 /// The answer of `query-target`.
@@ -335,7 +336,7 @@ pub struct TargetInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ObjectTypeInfo {
     /// The type's name.
-    pub name: String,
+    pub name: Name,
     /// Whether it is abstract.
     #[serde(default, rename = "abstract")]
     pub is_abstract: bool,

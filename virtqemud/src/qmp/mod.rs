@@ -21,6 +21,7 @@ pub mod commands;
 mod error;
 mod events;
 pub mod launch;
+pub mod name;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -469,7 +470,7 @@ impl QmpClient {
     }
 
     /// `query-commands`, as names.
-    pub async fn query_commands(&self) -> Result<Vec<String>, QmpError> {
+    pub async fn query_commands(&self) -> Result<Vec<name::Name>, QmpError> {
         Ok(self
             .execute(&QueryCommands {})
             .await?
