@@ -83,6 +83,28 @@ pub fn remove_durable(path: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// [`write_atomic`] for async code: the write and its fsyncs run on a blocking thread, so the
+/// daemon's worker thread serves other calls meanwhile. The caller serializes writers of one
+/// path, as with [`write_atomic`].
+pub async fn write_atomic_async(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    let (path, data) = (path.to_owned(), data.to_vec());
+    off_worker(move || write_atomic(&path, &data, mode)).await
+}
+
+/// [`remove_durable`] for async code, on a blocking thread.
+pub async fn remove_durable_async(path: &Path) -> std::io::Result<()> {
+    let path = path.to_owned();
+    off_worker(move || remove_durable(&path)).await
+}
+
+async fn off_worker(work: impl FnOnce() -> std::io::Result<()> + Send + 'static) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(std::io::Error::other(format!(
+            "the disk write did not finish: {e}"
+        )))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +149,20 @@ mod tests {
         remove_durable(&path).expect("remove");
         remove_durable(&path).expect("removing again is fine");
         assert!(!path.exists());
+    }
+
+    #[tokio::test]
+    async fn async_writes_and_removals_reach_the_disk() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("net.xml");
+        write_atomic_async(&path, b"<network/>", 0o600)
+            .await
+            .expect("write");
+        assert_eq!(std::fs::read(&path).expect("read"), b"<network/>");
+        remove_durable_async(&path).await.expect("remove");
+        assert!(!path.exists());
+        remove_durable_async(&path)
+            .await
+            .expect("a missing file is not an error");
     }
 }

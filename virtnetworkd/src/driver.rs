@@ -23,7 +23,7 @@ use rvirt_conf::XmlError;
 use rvirt_conf::network::{
     ForwardMode, Nat, NetworkDef, NetworkPortDef, Plug, PlugType, allocate_bridge_name, canonical_mac,
 };
-use rvirt_daemon::atomic::{remove_durable, write_atomic};
+use rvirt_daemon::atomic::{remove_durable_async, write_atomic_async};
 use rvirt_daemon::events::EventLog;
 use rvirt_proto::v1::ErrorCode;
 use serde::{Deserialize, Serialize};
@@ -664,10 +664,12 @@ impl NetworkDriver {
         Ok(())
     }
 
-    fn save_config(&self, def: &NetworkDef) -> Result<(), NetError> {
+    async fn save_config(&self, def: &NetworkDef) -> Result<(), NetError> {
         let xml = def.inactive().to_xml().map_err(NetError::xml)?;
         let path = self.paths.config_file(&def.name);
-        write_atomic(&path, xml.as_bytes(), 0o600).map_err(|e| NetError::io("write", &path, e))
+        write_atomic_async(&path, xml.as_bytes(), 0o600)
+            .await
+            .map_err(|e| NetError::io("write", &path, e))
     }
 
     /// Defines (or redefines) a persistent network.
@@ -677,7 +679,7 @@ impl NetworkDriver {
         let _ops = self.ops.lock().await;
         let existing = self.read().get(&def.name).cloned();
         self.prepare(&mut def, existing.as_ref()).await?;
-        self.save_config(&def)?;
+        self.save_config(&def).await?;
         let summary = {
             let mut networks = self.write();
             let obj = networks.entry(def.name.clone()).or_insert_with(|| NetworkObj {
@@ -713,7 +715,9 @@ impl NetworkDriver {
             return Err(NetError::io("remove", &link, e));
         }
         let path = self.paths.config_file(&name);
-        remove_durable(&path).map_err(|e| NetError::io("remove", &path, e))?;
+        remove_durable_async(&path)
+            .await
+            .map_err(|e| NetError::io("remove", &path, e))?;
         {
             let mut networks = self.write();
             if obj.runtime.is_some() {
@@ -827,7 +831,9 @@ impl NetworkDriver {
         };
         let problems = self.tear_down(&obj.live, &runtime).await;
         let status = self.paths.status_file(&name);
-        remove_durable(&status).map_err(|e| NetError::io("remove", &status, e))?;
+        remove_durable_async(&status)
+            .await
+            .map_err(|e| NetError::io("remove", &status, e))?;
         // As in libvirt, a stopped network has no ports.
         let _ = std::fs::remove_dir_all(self.paths.port_dir(&name));
         {
@@ -881,7 +887,7 @@ impl NetworkDriver {
                     def.name
                 )));
             }
-            self.write_status(def, &runtime)?;
+            self.write_status(def, &runtime).await?;
             return Ok(runtime);
         }
         if links.contains(&bridge) {
@@ -919,7 +925,7 @@ impl NetworkDriver {
             let _ = self.tear_down(def, &runtime).await;
             return Err(e);
         }
-        if let Err(e) = self.write_status(def, &runtime) {
+        if let Err(e) = self.write_status(def, &runtime).await {
             let _ = self.tear_down(def, &runtime).await;
             return Err(e);
         }
@@ -975,11 +981,15 @@ impl NetworkDriver {
             ("addnhosts", &files.addnhosts),
         ] {
             let path = self.paths.dnsmasq_file(name, ext);
-            write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| NetError::io("write", &path, e))?;
+            write_atomic_async(&path, text.as_bytes(), 0o644)
+                .await
+                .map_err(|e| NetError::io("write", &path, e))?;
         }
         let leases = self.paths.dnsmasq_file(name, "leases");
         if !leases.exists() {
-            write_atomic(&leases, b"", 0o644).map_err(|e| NetError::io("write", &leases, e))?;
+            write_atomic_async(&leases, b"", 0o644)
+                .await
+                .map_err(|e| NetError::io("write", &leases, e))?;
         }
         let current = leases::parse(&std::fs::read_to_string(&leases).unwrap_or_default());
         self.lease_cache_lock().insert(name.clone(), current);
@@ -1022,7 +1032,7 @@ impl NetworkDriver {
         problems
     }
 
-    fn write_status(&self, def: &NetworkDef, runtime: &Runtime) -> Result<(), NetError> {
+    async fn write_status(&self, def: &NetworkDef, runtime: &Runtime) -> Result<(), NetError> {
         let status = StatusFile {
             dnsmasq_pid: runtime.dnsmasq_pid,
             bridge_created: runtime.bridge_created,
@@ -1038,7 +1048,9 @@ impl NetworkDriver {
         };
         let xml = rvirt_conf::xml::to_string("networkstatus", &status).map_err(NetError::xml)?;
         let path = self.paths.status_file(&def.name);
-        write_atomic(&path, xml.as_bytes(), 0o600).map_err(|e| NetError::io("write", &path, e))
+        write_atomic_async(&path, xml.as_bytes(), 0o600)
+            .await
+            .map_err(|e| NetError::io("write", &path, e))
     }
 
     // ---------------------------------------------------------------------------------------
@@ -1097,7 +1109,7 @@ impl NetworkDriver {
             _ => None,
         };
         if let Some(def) = &new_config {
-            self.save_config(def)?;
+            self.save_config(def).await?;
         }
         let mut new_runtime = None;
         if let (Some(def), Some(runtime)) = (&new_live, &obj.runtime) {
@@ -1105,7 +1117,7 @@ impl NetworkDriver {
                 Ok(r) => new_runtime = Some(r),
                 Err((now, e)) => {
                     if let (Some(_), Some(old)) = (&new_config, &obj.persistent)
-                        && let Err(e2) = self.save_config(old)
+                        && let Err(e2) = self.save_config(old).await
                     {
                         tracing::warn!(network = %name, error = %e2, "cannot restore the persistent definition after a failed update");
                     }
@@ -1147,10 +1159,10 @@ impl NetworkDriver {
     ) -> Result<Runtime, (Runtime, NetError)> {
         let (after, result) = self.change_host(old, new, runtime, effect).await;
         if let Err(e) = result {
-            let _ = self.write_status(old, &after);
+            let _ = self.write_status(old, &after).await;
             return Err((after, e));
         }
-        if let Err(e) = self.write_status(new, &after) {
+        if let Err(e) = self.write_status(new, &after).await {
             let (restored, undo) = self.change_host(new, old, &after, effect).await;
             if let Err(e2) = undo {
                 tracing::warn!(network = %new.name, error = %e2, "cannot undo a live update");
@@ -1197,9 +1209,11 @@ impl NetworkDriver {
         }
     }
 
-    fn write_dnsmasq_file(&self, name: &str, ext: &str, text: &str) -> Result<(), NetError> {
+    async fn write_dnsmasq_file(&self, name: &str, ext: &str, text: &str) -> Result<(), NetError> {
         let path = self.paths.dnsmasq_file(name, ext);
-        write_atomic(&path, text.as_bytes(), 0o644).map_err(|e| NetError::io("write", &path, e))
+        write_atomic_async(&path, text.as_bytes(), 0o644)
+            .await
+            .map_err(|e| NetError::io("write", &path, e))
     }
 
     /// Moves dnsmasq from `from`'s configuration to `to`'s: SIGHUP when only the hosts files
@@ -1238,17 +1252,18 @@ impl NetworkDriver {
         if let (Some(pid), Some(new), Some(old)) = (alive, &new_files, &old_files)
             && new.conf == old.conf
         {
-            let written = self
-                .write_dnsmasq_file(name, "hostsfile", &new.hostsfile)
-                .and_then(|()| self.write_dnsmasq_file(name, "addnhosts", &new.addnhosts));
+            let written = match self.write_dnsmasq_file(name, "hostsfile", &new.hostsfile).await {
+                Ok(()) => self.write_dnsmasq_file(name, "addnhosts", &new.addnhosts).await,
+                Err(e) => Err(e),
+            };
             let result = written.and_then(|()| {
                 self.host.reload_dnsmasq(pid).map_err(|e| {
                     NetError::failed(format!("Cannot make dnsmasq re-read its hosts files: {e}"))
                 })
             });
             if result.is_err() {
-                let _ = self.write_dnsmasq_file(name, "hostsfile", &old.hostsfile);
-                let _ = self.write_dnsmasq_file(name, "addnhosts", &old.addnhosts);
+                let _ = self.write_dnsmasq_file(name, "hostsfile", &old.hostsfile).await;
+                let _ = self.write_dnsmasq_file(name, "addnhosts", &old.addnhosts).await;
             }
             return (Some(pid), result);
         }
@@ -1327,7 +1342,7 @@ impl NetworkDriver {
     }
 
     /// Records the ports, and their count in the live XML and the status file.
-    fn set_ports(&self, name: &str, ports: BTreeMap<String, NetworkPortDef>) -> Result<(), NetError> {
+    async fn set_ports(&self, name: &str, ports: BTreeMap<String, NetworkPortDef>) -> Result<(), NetError> {
         let (def, runtime) = {
             let mut networks = self.write();
             let Some(o) = networks.get_mut(name) else {
@@ -1338,7 +1353,7 @@ impl NetworkDriver {
             (o.live.clone(), o.runtime.clone())
         };
         match runtime {
-            Some(runtime) => self.write_status(&def, &runtime),
+            Some(runtime) => self.write_status(&def, &runtime).await,
             None => Ok(()),
         }
     }
@@ -1395,10 +1410,12 @@ impl NetworkDriver {
         port.plug = Some(plug);
         let xml = port.to_xml().map_err(NetError::xml)?;
         let path = self.paths.port_file(&name, port.uuid());
-        write_atomic(&path, xml.as_bytes(), 0o600).map_err(|e| NetError::io("write", &path, e))?;
+        write_atomic_async(&path, xml.as_bytes(), 0o600)
+            .await
+            .map_err(|e| NetError::io("write", &path, e))?;
         let mut ports = obj.ports.clone();
         ports.insert(port.uuid().to_owned(), port.clone());
-        self.set_ports(&name, ports)?;
+        self.set_ports(&name, ports).await?;
         Ok((port_summary(&obj.live, &port), xml))
     }
 
@@ -1408,10 +1425,12 @@ impl NetworkDriver {
         let (obj, port) = self.port_of(key, uuid)?;
         let name = obj.live.name.clone();
         let path = self.paths.port_file(&name, port.uuid());
-        remove_durable(&path).map_err(|e| NetError::io("remove", &path, e))?;
+        remove_durable_async(&path)
+            .await
+            .map_err(|e| NetError::io("remove", &path, e))?;
         let mut ports = obj.ports.clone();
         ports.remove(port.uuid());
-        self.set_ports(&name, ports)
+        self.set_ports(&name, ports).await
     }
 
     /// Finds a port.
@@ -1564,7 +1583,7 @@ impl NetworkDriver {
                     },
                 )
                 .await;
-            let _ = remove_durable(&self.paths.status_file(name));
+            let _ = remove_durable_async(&self.paths.status_file(name)).await;
             let mut networks = self.write();
             match obj.persistent {
                 Some(p) => {
@@ -1606,7 +1625,7 @@ impl NetworkDriver {
                 }
             }
         }
-        if let Err(e) = self.write_status(&def, &runtime) {
+        if let Err(e) = self.write_status(&def, &runtime).await {
             tracing::warn!(network = %name, error = %e, "cannot update the status file");
         }
         if let Some(o) = self.write().get_mut(name) {
