@@ -8,7 +8,7 @@
 # 2. builds virtqemud again with every function on a page of its own (align-wrapper.sh);
 # 3. runs qemu-bench against that build with text-touch.c preloaded into the daemon, which
 #    records the first run of each function, in order;
-# 4. writes those functions, named as in the normal build, to virtqemud/hot-symbols.txt
+# 4. writes those functions, named as in both normal builds, to virtqemud/hot-symbols.txt
 #    (order.py), and builds the normal release binary again, laid out with it.
 # Needs cc, python3, readelf and nm; takes about 30 minutes on two cores. Run it after changes
 # that move much code, then commit the new file.

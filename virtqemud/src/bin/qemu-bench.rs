@@ -88,8 +88,13 @@ fn rss_kib(pid: u32) -> Result<u64, String> {
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .and_then(kib_value)
         .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// The number of a `/proc` size field's value, such as `  8384 kB`.
+fn kib_value(value: &str) -> Option<u64> {
+    value.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// Where `pid`'s resident memory is, from `/proc/<pid>/smaps`, in KiB: its own binary's code,
@@ -105,12 +110,7 @@ fn rss_breakdown(pid: u32) -> Result<[u64; 4], String> {
         let mut fields = line.split_whitespace();
         let Some(first) = fields.next() else { continue };
         if let Some(value) = line.strip_prefix("Rss:") {
-            kib[kind] += value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .unwrap_or(0);
+            kib[kind] += kib_value(value).unwrap_or(0);
         } else if first.contains('-') && !first.ends_with(':') {
             // A mapping's header: `start-end perms offset dev inode [path]`.
             let perms = fields.next().unwrap_or("");

@@ -62,12 +62,6 @@ impl Deref for Name {
     }
 }
 
-impl AsRef<str> for Name {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
 impl Borrow<str> for Name {
     fn borrow(&self) -> &str {
         &self.0
@@ -88,12 +82,6 @@ impl From<String> for Name {
 
 impl From<Name> for String {
     fn from(name: Name) -> String {
-        name.as_str().to_owned()
-    }
-}
-
-impl From<&Name> for String {
-    fn from(name: &Name) -> String {
         name.as_str().to_owned()
     }
 }
