@@ -33,10 +33,6 @@ pub struct DaemonSpec {
     pub driver: &'static str,
     /// One line for `--help`.
     pub about: &'static str,
-    /// Microseconds a worker keeps polling after each call when the configuration file does not
-    /// set `busy_poll_us` (see [`crate::busy_poll`]): the proxy's default is not zero, since it
-    /// waits on a backend for every call.
-    pub busy_poll_us: u32,
 }
 
 /// The command line every daemon accepts (libvirt's daemon options, plus `--workers`).
@@ -172,7 +168,7 @@ pub struct DaemonContext {
     pub uid: u32,
     /// The access rules every listener enforces (default policy and policy file).
     pub access: Arc<AccessControl>,
-    /// Keeps the worker polling for a short while after each call (`busy_poll_us`).
+    /// Keeps the worker polling for a while after each call when that pays (`busy_poll_us`).
     pub busy_poll: Arc<crate::busy_poll::BusyPoll>,
     /// TCP sockets systemd passed for remote clients, until a driver takes them
     /// ([`take_activated_remote`](Self::take_activated_remote)).
@@ -215,7 +211,7 @@ impl DaemonContext {
             .max_anonymous_clients
             .store(config.max_anonymous_clients as usize, Ordering::Relaxed);
         self.access.set_rules(policy);
-        self.busy_poll.set_window(config.busy_poll(&self.spec));
+        self.busy_poll.set_ceiling(config.busy_poll());
         if let Ok(mut current) = self.config.write() {
             *current = config;
         }
@@ -304,19 +300,20 @@ where
     };
     let logging = Logging::init(args.verbose, &config.log_filters);
     let workers = args.workers.unwrap_or(config.max_workers as usize).max(1);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    let busy_poll = crate::busy_poll::BusyPoll::new(config.busy_poll());
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime
         .worker_threads(workers)
         .thread_name(spec.name)
-        .enable_all()
-        .build()
-    {
+        .enable_all();
+    busy_poll.install(&mut runtime);
+    let runtime = match runtime.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{}: cannot start the async runtime: {e}", spec.name);
             return ExitCode::FAILURE;
         }
     };
-    let busy_poll = crate::busy_poll::BusyPoll::new(config.busy_poll(&spec));
     let ctx = Arc::new(DaemonContext {
         spec,
         mode,

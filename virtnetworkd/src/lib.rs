@@ -35,7 +35,6 @@ pub const SPEC: DaemonSpec = DaemonSpec {
     sockets: "virtnetworkd",
     driver: "network",
     about: "The rvirt virtual network daemon",
-    busy_poll_us: 0,
 };
 
 /// The daemon's driver: the network service and the host service.

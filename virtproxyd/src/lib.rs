@@ -29,14 +29,7 @@ pub const SPEC: DaemonSpec = DaemonSpec {
     sockets: "rvirt",
     driver: "proxy",
     about: "The rvirt proxy daemon, which routes calls by connection URI",
-    busy_poll_us: PROXY_BUSY_POLL_US,
 };
-
-/// The proxy's default `busy_poll_us`: after a call comes in or its answer (the backend's)
-/// goes back, the worker polls for this long before sleeping, which covers the backend's answer
-/// and a client's next call on the 2-core development machine (`docs/proxy.md`,
-/// "Performance").
-pub const PROXY_BUSY_POLL_US: u32 = 300;
 
 /// Builds the daemon's driver.
 pub async fn init(ctx: Arc<DaemonContext>) -> Result<ProxyDriver, String> {

@@ -32,7 +32,6 @@ pub const SPEC: DaemonSpec = DaemonSpec {
     sockets: "virtqemud",
     driver: "qemu",
     about: "The rvirt QEMU/KVM hypervisor driver daemon",
-    busy_poll_us: 0,
 };
 
 /// Builds the daemon's driver and starts probing QEMU in the background.

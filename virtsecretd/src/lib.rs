@@ -32,7 +32,6 @@ pub const SPEC: DaemonSpec = DaemonSpec {
     sockets: "virtsecretd",
     driver: "secret",
     about: "The rvirt secret daemon",
-    busy_poll_us: 0,
 };
 
 /// The systemd variable naming the directory of the service's credentials.

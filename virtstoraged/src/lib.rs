@@ -44,7 +44,6 @@ pub const SPEC: DaemonSpec = DaemonSpec {
     sockets: "virtstoraged",
     driver: "storage",
     about: "The rvirt storage pool and volume daemon",
-    busy_poll_us: 0,
 };
 
 /// The largest gRPC message the services accept or send: a 1 MiB data chunk plus framing.
