@@ -16,8 +16,10 @@
 //! not serve makes its row say `unavailable: <the daemon's message>`; the other rows still run.
 //!
 //! ```text
-//! cargo build --release -p virtqemud && target/release/qemu-bench [--domains N] [--starts N]
+//! cargo build --release -p virtqemud && target/release/qemu-bench [--domains N] [--starts N] [--poll-us N]
 //! ```
+//!
+//! `--poll-us N` writes `busy_poll_us = N` into virtqemud's configuration file (0: no polling).
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::os::fd::AsRawFd as _;
@@ -686,11 +688,18 @@ fn print(results: &Results) {
     }
 }
 
-fn run(domains: usize, starts: usize) -> Result<(), String> {
+fn run(domains: usize, starts: usize, poll_us: Option<usize>) -> Result<(), String> {
     let root = tempfile::Builder::new()
         .prefix("rvirt-qemu-bench-")
         .tempdir()
         .map_err(|e| format!("temporary root: {e}"))?;
+    if let Some(us) = poll_us {
+        let etc = root.path().join("etc/rvirt");
+        std::fs::create_dir_all(&etc).map_err(|e| format!("{}: {e}", etc.display()))?;
+        let file = etc.join(format!("{}.conf", SPEC.name));
+        std::fs::write(&file, format!("busy_poll_us = {us}\n"))
+            .map_err(|e| format!("{}: {e}", file.display()))?;
+    }
     let scratch = root.path().join("bench");
     std::fs::create_dir(&scratch).map_err(|e| format!("scratch directory: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -719,11 +728,12 @@ fn run(domains: usize, starts: usize) -> Result<(), String> {
     Ok(())
 }
 
-const USAGE: &str = "usage: qemu-bench [--domains N] [--starts N]";
+const USAGE: &str = "usage: qemu-bench [--domains N] [--starts N] [--poll-us N]";
 
 fn main() -> ExitCode {
     let mut domains = 1000;
     let mut starts = 20;
+    let mut poll_us = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let value = match arg.as_str() {
@@ -735,18 +745,20 @@ fn main() -> ExitCode {
                 .next()
                 .and_then(|v| v.parse::<usize>().ok())
                 .filter(|n| *n > 0),
+            "--poll-us" => args.next().and_then(|v| v.parse::<usize>().ok()),
             _ => None,
         };
         match (arg.as_str(), value) {
             ("--domains", Some(n)) => domains = n,
             ("--starts", Some(n)) => starts = n,
+            ("--poll-us", Some(n)) => poll_us = Some(n),
             _ => {
                 eprintln!("{USAGE}");
                 return ExitCode::FAILURE;
             }
         }
     }
-    match run(domains, starts) {
+    match run(domains, starts, poll_us) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("qemu-bench: {e}");
