@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rvirt_conf::storage::{Encryption, EncryptionSecret, PoolDef, PoolType, VolDef, VolParseOptions};
-use rvirt_daemon::atomic::{remove_durable, write_atomic};
+use rvirt_daemon::atomic::{remove_durable_async, write_atomic_async};
 use rvirt_daemon::events::EventLog;
 use rvirt_proto::v1::{
     ErrorCode, StoragePoolEventLifecycleType as Lifecycle, StoragePoolState, StorageVolType,
@@ -517,6 +517,10 @@ pub fn list_filter(pool: &PoolSummary, flags: u32) -> bool {
 pub struct StorageDriver {
     paths: DriverPaths,
     state: Mutex<State>,
+    /// Held by define, undefine and autostart changes while they write or remove their files
+    /// (outside `state`, on a blocking thread), and by a transient create while it checks for
+    /// duplicates and inserts its pool, so that no other definition change comes in between.
+    definitions: tokio::sync::Mutex<()>,
     /// Pool events.
     pub events: EventLog<PoolEvent>,
     runner: Arc<dyn CommandRunner>,
@@ -626,6 +630,7 @@ impl StorageDriver {
         Arc::new(StorageDriver {
             paths,
             state: Mutex::new(State::default()),
+            definitions: tokio::sync::Mutex::new(()),
             events: EventLog::new(1024),
             runner,
             secrets,
@@ -722,44 +727,53 @@ impl StorageDriver {
             .join(format!("{name}.xml"))
     }
 
-    fn save_config(&self, def: &PoolDef) -> Result<()> {
+    // The files below are written and removed on blocking threads (`*_async`): each waits for
+    // a disk flush, which must not hold up the runtime's worker and every other call with it.
+
+    async fn save_config(&self, def: &PoolDef) -> Result<()> {
         let mut def = def.clone();
         def.set_sizes(0, 0, 0);
         let xml = def.to_xml().map_err(|e| StorageError::internal(e.to_string()))?;
         let path = config_file(&self.paths.config_dir, def.name());
-        write_atomic(&path, xml.as_bytes(), 0o600)
+        write_atomic_async(&path, xml.as_bytes(), 0o600)
+            .await
             .map_err(|e| StorageError::io(format!("Cannot save the definition of pool '{}'", def.name()), &e))
     }
 
-    fn save_state(&self, def: &PoolDef) -> Result<()> {
+    async fn save_state(&self, def: &PoolDef) -> Result<()> {
         let xml = def.to_xml().map_err(|e| StorageError::internal(e.to_string()))?;
         let path = config_file(&self.paths.state_dir, def.name());
-        write_atomic(&path, xml.as_bytes(), 0o600)
+        write_atomic_async(&path, xml.as_bytes(), 0o600)
+            .await
             .map_err(|e| StorageError::io(format!("Cannot save the state of pool '{}'", def.name()), &e))
     }
 
-    fn remove_state(&self, name: &str) {
-        if let Err(e) = remove_durable(&config_file(&self.paths.state_dir, name)) {
+    async fn remove_state(&self, name: &str) {
+        if let Err(e) = remove_durable_async(&config_file(&self.paths.state_dir, name)).await {
             tracing::warn!(pool = name, error = %e, "cannot remove the pool's status file");
         }
     }
 
-    fn set_autostart_link(&self, name: &str, on: bool) -> Result<()> {
+    async fn set_autostart_link(&self, name: &str, on: bool) -> Result<()> {
         let link = self.autostart_link(name);
-        if on {
-            let dir = self.paths.config_dir.join("autostart");
-            std::fs::create_dir_all(&dir)
-                .map_err(|e| StorageError::io(format!("Cannot create {}", dir.display()), &e))?;
-            let tmp = dir.join(format!(".{name}.xml.tmp-{}", std::process::id()));
-            let _ = std::fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(Path::new("..").join(format!("{name}.xml")), &tmp)
-                .and_then(|()| std::fs::rename(&tmp, &link))
-                .and_then(|()| std::fs::File::open(&dir)?.sync_all())
-                .map_err(|e| StorageError::io(format!("Cannot mark pool '{name}' for autostart"), &e))
-        } else {
-            remove_durable(&link)
-                .map_err(|e| StorageError::io(format!("Cannot unmark pool '{name}' for autostart"), &e))
+        if !on {
+            return remove_durable_async(&link)
+                .await
+                .map_err(|e| StorageError::io(format!("Cannot unmark pool '{name}' for autostart"), &e));
         }
+        let dir = self.paths.config_dir.join("autostart");
+        let target = Path::new("..").join(format!("{name}.xml"));
+        let tmp = dir.join(format!(".{name}.xml.tmp-{}", std::process::id()));
+        let made = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&dir)?;
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(target, &tmp)?;
+            std::fs::rename(&tmp, &link)?;
+            std::fs::File::open(&dir)?.sync_all()
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        made.map_err(|e| StorageError::io(format!("Cannot mark pool '{name}' for autostart"), &e))
     }
 
     // ------------------------------------------------------------------------------------
@@ -826,7 +840,7 @@ impl StorageDriver {
             let name = live.name().to_owned();
             if !backend::is_active(self.runner.as_ref(), &live).await {
                 tracing::info!(pool = %name, "pool recorded active is no longer active");
-                self.remove_state(&name);
+                self.remove_state(&name).await;
                 continue;
             }
             {
@@ -939,13 +953,16 @@ impl StorageDriver {
     }
 
     /// Defines (or redefines) a persistent pool.
-    pub fn define(&self, xml: &str, flags: u32) -> Result<PoolSummary> {
+    pub async fn define(&self, xml: &str, flags: u32) -> Result<PoolSummary> {
         check_flags(flags, flags::DEFINE_VALIDATE, "defining a pool")?;
         let def = Self::parse_pool(xml)?;
-        let mut state = self.lock();
-        Self::check_duplicates(&state, &def, true)?;
-        self.save_config(&def)?;
+        // No other definition change, nor a transient pool, can come in between the check and
+        // the insert below: they hold `definitions` too.
+        let _definitions = self.definitions.lock().await;
+        Self::check_duplicates(&self.lock(), &def, true)?;
+        self.save_config(&def).await?;
         let name = def.name().to_owned();
+        let mut state = self.lock();
         let summary = match state.pools.get_mut(&name) {
             Some(p) => {
                 if p.active {
@@ -979,31 +996,41 @@ impl StorageDriver {
     }
 
     /// Removes a pool's persistent definition.
-    pub fn undefine(&self, key: &PoolKey) -> Result<()> {
-        let mut state = self.lock();
-        let p = state.pool(key)?;
-        if !p.persistent {
-            return Err(StorageError::op_invalid(format!(
-                "Pool '{}' is transient: it has no definition to remove (destroy it instead)",
-                p.def.name()
-            )));
-        }
-        if p.active {
-            return Err(StorageError::op_invalid(format!(
-                "Storage pool '{}' is still active: destroy it first",
-                p.def.name()
-            )));
-        }
-        p.idle("undefine")?;
-        let def = p.def.clone();
+    pub async fn undefine(&self, key: &PoolKey) -> Result<()> {
+        let _definitions = self.definitions.lock().await;
+        let def = {
+            let mut state = self.lock();
+            let p = state.pool_mut(key)?;
+            if !p.persistent {
+                return Err(StorageError::op_invalid(format!(
+                    "Pool '{}' is transient: it has no definition to remove (destroy it instead)",
+                    p.def.name()
+                )));
+            }
+            if p.active {
+                return Err(StorageError::op_invalid(format!(
+                    "Storage pool '{}' is still active: destroy it first",
+                    p.def.name()
+                )));
+            }
+            p.idle("undefine")?;
+            // Marked busy while its files go: a start now would find it gone after.
+            p.changing = Some("undefine");
+            p.def.clone()
+        };
         let name = def.name().to_owned();
-        remove_durable(&config_file(&self.paths.config_dir, &name))
+        let changing = Changing {
+            driver: self,
+            pool: name.clone(),
+        };
+        remove_durable_async(&config_file(&self.paths.config_dir, &name))
+            .await
             .map_err(|e| StorageError::io(format!("Cannot remove the definition of pool '{name}'"), &e))?;
-        if let Err(e) = self.set_autostart_link(&name, false) {
+        if let Err(e) = self.set_autostart_link(&name, false).await {
             tracing::warn!(pool = %name, error = %e, "cannot remove the autostart link");
         }
-        state.pools.remove(&name);
-        drop(state);
+        self.lock().pools.remove(&name);
+        drop(changing);
         self.emit(&def, PoolEventKind::Lifecycle(Lifecycle::Undefined));
         Ok(())
     }
@@ -1038,6 +1065,7 @@ impl StorageDriver {
         let def = Self::parse_pool(xml)?;
         let name = def.name().to_owned();
         {
+            let _definitions = self.definitions.lock().await;
             let mut state = self.lock();
             Self::check_duplicates(&state, &def, false)?;
             state.pools.insert(
@@ -1099,7 +1127,7 @@ impl StorageDriver {
             })
         };
         let (live, summary) = live.ok_or_else(|| StorageError::no_pool(format!("'{name}'")))?;
-        self.save_state(&live)?;
+        self.save_state(&live).await?;
         self.emit(def, PoolEventKind::Lifecycle(Lifecycle::Started));
         Ok(summary)
     }
@@ -1208,7 +1236,7 @@ impl StorageDriver {
         let (changing, def) = self.begin(key, "destroy", Some(true))?;
         backend::stop(self.runner.as_ref(), &def).await?;
         let name = def.name().to_owned();
-        self.remove_state(&name);
+        self.remove_state(&name).await;
         {
             let mut state = self.lock();
             let transient = state.pools.get(&name).is_some_and(|p| !p.persistent);
@@ -1409,17 +1437,25 @@ impl StorageDriver {
     }
 
     /// Turns autostart on or off.
-    pub fn set_autostart(&self, key: &PoolKey, on: bool) -> Result<()> {
-        let mut state = self.lock();
-        let p = state.pool_mut(key)?;
-        if !p.persistent {
-            return Err(StorageError::op_invalid(format!(
-                "Cannot set autostart for transient pool '{}': define it first",
-                p.def.name()
-            )));
-        }
-        if p.autostart != on {
-            self.set_autostart_link(p.def.name(), on)?;
+    pub async fn set_autostart(&self, key: &PoolKey, on: bool) -> Result<()> {
+        let _definitions = self.definitions.lock().await;
+        let name = {
+            let state = self.lock();
+            let p = state.pool(key)?;
+            if !p.persistent {
+                return Err(StorageError::op_invalid(format!(
+                    "Cannot set autostart for transient pool '{}': define it first",
+                    p.def.name()
+                )));
+            }
+            if p.autostart == on {
+                return Ok(());
+            }
+            p.def.name().to_owned()
+        };
+        self.set_autostart_link(&name, on).await?;
+        // Still there: only undefine removes a persistent pool, and it holds `definitions`.
+        if let Some(p) = self.lock().pools.get_mut(&name) {
             p.autostart = on;
         }
         Ok(())
@@ -2182,9 +2218,9 @@ mod tests {
                 target.display()
             )
         };
-        driver.define(&xml("0700"), 0).expect("define");
+        driver.define(&xml("0700"), 0).await.expect("define");
         driver.start(&PoolKey::Name("p".into()), 0).await.expect("start");
-        driver.define(&xml("0750"), 0).expect("redefine");
+        driver.define(&xml("0750"), 0).await.expect("redefine");
         let live = driver.xml(&PoolKey::Name("p".into()), false).expect("live");
         let inactive = driver.xml(&PoolKey::Name("p".into()), true).expect("inactive");
         assert!(live.contains("<mode>0700</mode>"), "{live}");
@@ -2198,8 +2234,8 @@ mod tests {
         assert!(saved.contains("<mode>0750</mode>"), "{saved}");
     }
 
-    #[test]
-    fn define_refuses_a_second_pool_on_the_same_directory() {
+    #[tokio::test]
+    async fn define_refuses_a_second_pool_on_the_same_directory() {
         let dir = tempfile::tempdir().expect("tempdir");
         let driver = StorageDriver::new(
             DriverPaths {
@@ -2214,9 +2250,51 @@ mod tests {
                 dir.path().display()
             )
         };
-        driver.define(&xml("a"), 0).expect("first");
-        let err = driver.define(&xml("b"), 0).expect_err("second");
+        driver.define(&xml("a"), 0).await.expect("first");
+        let err = driver.define(&xml("b"), 0).await.expect_err("second");
         assert_eq!(err.code, ErrorCode::OperationFailed);
         assert!(err.message.contains("'a'"), "{}", err.message);
+    }
+
+    #[tokio::test]
+    async fn autostart_and_undefine_write_and_remove_their_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("config");
+        let driver = StorageDriver::new(
+            DriverPaths {
+                config_dir: config.clone(),
+                state_dir: dir.path().join("state"),
+            },
+            Arc::new(crate::command::HostRunner),
+        );
+        let xml = format!(
+            "<pool type='dir'><name>p</name><target><path>{}</path></target></pool>",
+            dir.path().display()
+        );
+        let key = PoolKey::Name("p".into());
+        driver.define(&xml, 0).await.expect("define");
+        assert!(config.join("p.xml").is_file());
+        let link = config.join("autostart/p.xml");
+        driver.set_autostart(&key, true).await.expect("autostart on");
+        assert_eq!(std::fs::read_link(&link).expect("link"), Path::new("../p.xml"));
+        assert!(driver.autostart(&key).expect("autostart"));
+        // Again: nothing to change.
+        driver
+            .set_autostart(&key, true)
+            .await
+            .expect("autostart on again");
+        driver.set_autostart(&key, false).await.expect("autostart off");
+        assert!(std::fs::symlink_metadata(&link).is_err());
+        assert!(!driver.autostart(&key).expect("autostart"));
+        driver.set_autostart(&key, true).await.expect("autostart on");
+        driver.undefine(&key).await.expect("undefine");
+        assert!(!config.join("p.xml").exists());
+        assert!(std::fs::symlink_metadata(&link).is_err());
+        assert_eq!(
+            driver.lookup(&key).expect_err("gone").code,
+            ErrorCode::NoStoragePool
+        );
+        let err = driver.undefine(&key).await.expect_err("already gone");
+        assert_eq!(err.code, ErrorCode::NoStoragePool);
     }
 }

@@ -102,7 +102,7 @@ impl StoragePoolService for PoolService {
         r: Request<DefineStoragePoolXmlRequest>,
     ) -> Reply<DefineStoragePoolXmlResponse> {
         let r = r.into_inner();
-        let pool = self.driver.define(&r.xml, r.flags)?;
+        let pool = self.driver.define(&r.xml, r.flags).await?;
         Ok(Response::new(DefineStoragePoolXmlResponse {
             pool: Some(pool_msg(pool)),
         }))
@@ -112,7 +112,7 @@ impl StoragePoolService for PoolService {
         &self,
         r: Request<UndefineStoragePoolRequest>,
     ) -> Reply<UndefineStoragePoolResponse> {
-        self.driver.undefine(&pool_key(r.into_inner().pool)?)?;
+        self.driver.undefine(&pool_key(r.into_inner().pool)?).await?;
         Ok(Response::new(UndefineStoragePoolResponse {}))
     }
 
@@ -210,7 +210,7 @@ impl StoragePoolService for PoolService {
         r: Request<SetStoragePoolAutostartRequest>,
     ) -> Reply<SetStoragePoolAutostartResponse> {
         let r = r.into_inner();
-        self.driver.set_autostart(&pool_key(r.pool)?, r.autostart)?;
+        self.driver.set_autostart(&pool_key(r.pool)?, r.autostart).await?;
         Ok(Response::new(SetStoragePoolAutostartResponse {}))
     }
 
