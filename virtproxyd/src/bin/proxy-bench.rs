@@ -48,8 +48,9 @@ struct Row {
     p50: Duration,
     p99: Duration,
     rate: f64,
-    /// CPU time per call of the daemon and of the proxy (when the row goes through it).
-    cpu: [Option<Duration>; 2],
+    /// CPU time per call of the daemon, of the proxy (when the row goes through it) and of the
+    /// client (this process).
+    cpu: [Option<Duration>; 3],
 }
 
 /// The CPU time (user + system) process `pid` has used, from `/proc/<pid>/stat`.
@@ -118,8 +119,9 @@ async fn measure(
     clients: usize,
     calls: usize,
     pace: Option<Duration>,
-    pids: [Option<u32>; 2],
+    daemons: [Option<u32>; 2],
 ) -> Result<Row, String> {
+    let pids = [daemons[0], daemons[1], Some(std::process::id())];
     let mut channels = Vec::with_capacity(clients);
     for _ in 0..clients {
         channels.push(
@@ -142,7 +144,7 @@ async fn measure(
     // The warm-up is part of the elapsed time; count it in the rate too.
     let elapsed = started.elapsed();
     let total = (per_client + warmup(pace)) * clients;
-    let mut cpu = [None; 2];
+    let mut cpu = [None; 3];
     for (i, pid) in pids.iter().enumerate() {
         if let (Some(before), Some(after)) = (cpu_before[i], pid.and_then(cpu_time)) {
             cpu[i] = Some(after.saturating_sub(before) / u32::try_from(total).unwrap_or(u32::MAX));
@@ -201,7 +203,7 @@ fn socket_floor(calls: usize) -> Result<Row, String> {
         p50: at(0.50),
         p99: at(0.99),
         rate: calls as f64 / elapsed.as_secs_f64(),
-        cpu: [None, None],
+        cpu: [None; 3],
     })
 }
 
@@ -321,21 +323,22 @@ fn run(calls: usize, polling: Polling) -> Result<(), String> {
     );
     println!();
     println!(
-        "| path | clients | p50 µs | p99 µs | p99/p50 | calls/s | daemon CPU µs/call | proxy CPU µs/call |"
+        "| path | clients | p50 µs | p99 µs | p99/p50 | calls/s | daemon CPU µs/call | proxy CPU µs/call | client CPU µs/call |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let cpu = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.0}", d.as_secs_f64() * 1e6));
     for row in rows {
         let p50 = row.p50.as_secs_f64() * 1e6;
         let p99 = row.p99.as_secs_f64() * 1e6;
         println!(
-            "| {} | {} | {p50:.0} | {p99:.0} | {:.2} | {:.0} | {} | {} |",
+            "| {} | {} | {p50:.0} | {p99:.0} | {:.2} | {:.0} | {} | {} | {} |",
             row.path,
             row.clients,
             p99 / p50,
             row.rate,
             cpu(row.cpu[0]),
             cpu(row.cpu[1]),
+            cpu(row.cpu[2]),
         );
     }
     let (rate, mean, longest) = interruptions(Duration::from_secs(1));
