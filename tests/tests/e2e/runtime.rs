@@ -1,7 +1,7 @@
 //! The shared daemon runtime, exercised through real daemon processes on a temporary
 //! `RVIRT_ROOT`: readiness, sockets and their permissions, the read-only socket, the lock against
 //! a second instance, socket activation, idle exit, SIGTERM, SIGHUP, the admin service, health
-//! and reflection.
+//! and reflection, and busy polling that stops once calls stop.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
@@ -474,4 +474,40 @@ async fn clients_beyond_max_clients_are_refused_and_others_unaffected() {
         .get_type(GetTypeRequest {})
         .await
         .expect("the first client is unaffected");
+}
+
+/// The CPU time (user + system) process `pid` has used, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_name = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // Fields 14 and 15 of stat(5); `after_name` starts at field 3.
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .expect("sysconf")
+        .expect("CLK_TCK") as u64;
+    Duration::from_micros(ticks * 1_000_000 / per_second)
+}
+
+#[tokio::test]
+async fn a_daemon_stops_polling_once_calls_stop() {
+    // Busy polling is on by default: calls back to back grow the window, and once they stop
+    // the daemon must go back to sleep rather than spin.
+    let root = TestRoot::new();
+    let daemon = DaemonProcess::start("virtsecretd", &root).await;
+    let mut host = HostServiceClient::new(channel(&root.socket("virtsecretd-sock")).await);
+    let before = cpu_time(daemon.pid());
+    for _ in 0..300 {
+        host.get_type(GetTypeRequest {}).await.expect("get type");
+    }
+    let busy = cpu_time(daemon.pid()).saturating_sub(before);
+    // The idle span is the measure itself: a daemon still polling would use most of a core.
+    let idle_from = cpu_time(daemon.pid());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = cpu_time(daemon.pid()).saturating_sub(idle_from);
+    assert!(busy > Duration::ZERO, "the calls cost no CPU at all?");
+    assert!(
+        idle <= Duration::from_millis(50),
+        "the idle daemon used {idle:?} of CPU in 500 ms"
+    );
 }
