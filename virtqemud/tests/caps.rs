@@ -473,6 +473,48 @@ async fn a_changed_binary_is_probed_again() {
     );
 }
 
+/// Answers as [`Fake`] does, plus one CPU model named after how many probes came before.
+struct Numbered {
+    probes: AtomicUsize,
+}
+
+#[tonic::async_trait]
+impl EmulatorProber for Numbered {
+    async fn probe(&self, binary: &Path, kvm: bool) -> Result<EmulatorCaps, ProbeError> {
+        let n = self.probes.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut caps = fake_caps(binary, kvm);
+        caps.tcg
+            .cpu_models
+            .push(model(&format!("rvirt-test-upgraded-model-{n}"), &[], false, None));
+        Ok(caps)
+    }
+}
+
+#[tokio::test]
+async fn the_names_of_replaced_capabilities_are_forgotten() {
+    let setup = Setup::empty();
+    let binary = setup.fake_binary("qemu-system-x86_64", "version one");
+    let caps = QemuCaps::with_prober(
+        setup.config(),
+        Arc::new(Numbered {
+            probes: AtomicUsize::new(0),
+        }),
+    );
+    let first = caps.emulator(&binary).await.expect("first");
+    assert!(Name::is_known("rvirt-test-upgraded-model-1"));
+    drop(first);
+    setup.fake_binary("qemu-system-x86_64", "version two, longer");
+    let second = caps.emulator(&binary).await.expect("after the upgrade");
+    assert!(Name::is_known("rvirt-test-upgraded-model-2"));
+    assert!(
+        !Name::is_known("rvirt-test-upgraded-model-1"),
+        "only the replaced answer held it"
+    );
+    // Names still held stay.
+    assert!(Name::is_known("EPYC-Rome"));
+    drop(second);
+}
+
 #[tokio::test]
 async fn a_corrupt_cache_file_is_replaced_by_a_probe() {
     let setup = Setup::empty();

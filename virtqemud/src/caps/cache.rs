@@ -200,6 +200,11 @@ impl EmulatorCache {
             })
             .await
             .clone();
+        if matches!(source, Source::Probe) && value.is_ok() {
+            // A new probe may have replaced an older answer for this binary (QEMU upgraded
+            // under the daemon): the names only that answer held are free now.
+            crate::qmp::name::Name::forget_unused();
+        }
         if let Err(e) = &value
             && e.is_transient()
         {

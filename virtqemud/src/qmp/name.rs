@@ -38,14 +38,22 @@ impl Name {
         &self.0
     }
 
-    /// Forgets the names nothing holds any more: those only answers read during a probe held.
-    /// virtqemud calls it once its start-up probe is done; the names of capabilities replaced
-    /// later (a QEMU binary upgraded under a running daemon) stay until the next call, up to
-    /// about 0.1 MB per binary.
+    /// Forgets the names nothing holds any more: those only answers read during a probe held,
+    /// and those of capabilities a new probe replaced (a QEMU binary upgraded under a running
+    /// daemon). virtqemud calls it once its start-up probe is done and after every probe.
     pub fn forget_unused() {
         let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
         names.retain(|name| Arc::strong_count(name) > 1);
         names.shrink_to_fit();
+    }
+
+    /// Whether `text` is a name something holds (or held since the last
+    /// [`forget_unused`](Name::forget_unused)).
+    pub fn is_known(text: &str) -> bool {
+        NAMES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(text)
     }
 }
 
