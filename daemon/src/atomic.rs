@@ -97,7 +97,9 @@ pub async fn remove_durable_async(path: &Path) -> std::io::Result<()> {
     off_worker(move || remove_durable(&path)).await
 }
 
-async fn off_worker(work: impl FnOnce() -> std::io::Result<()> + Send + 'static) -> std::io::Result<()> {
+/// Runs file work that waits on the disk (`work`) on a blocking thread, so the daemon's worker
+/// thread serves other calls meanwhile; a thread that could not finish it is an I/O error too.
+pub async fn off_worker(work: impl FnOnce() -> std::io::Result<()> + Send + 'static) -> std::io::Result<()> {
     tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
         Err(std::io::Error::other(format!(
             "the disk write did not finish: {e}"

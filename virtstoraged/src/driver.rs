@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rvirt_conf::storage::{Encryption, EncryptionSecret, PoolDef, PoolType, VolDef, VolParseOptions};
-use rvirt_daemon::atomic::{remove_durable_async, write_atomic_async};
+use rvirt_daemon::atomic::{off_worker, remove_durable_async, write_atomic_async};
 use rvirt_daemon::events::EventLog;
 use rvirt_proto::v1::{
     ErrorCode, StoragePoolEventLifecycleType as Lifecycle, StoragePoolState, StorageVolType,
@@ -764,16 +764,17 @@ impl StorageDriver {
         let dir = self.paths.config_dir.join("autostart");
         let target = Path::new("..").join(format!("{name}.xml"));
         let tmp = dir.join(format!(".{name}.xml.tmp-{}", std::process::id()));
-        let made = tokio::task::spawn_blocking(move || {
-            std::fs::create_dir_all(&dir)?;
+        off_worker(move || {
+            std::fs::create_dir_all(&dir).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot create {}: {e}", dir.display()))
+            })?;
             let _ = std::fs::remove_file(&tmp);
             std::os::unix::fs::symlink(target, &tmp)?;
             std::fs::rename(&tmp, &link)?;
             std::fs::File::open(&dir)?.sync_all()
         })
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-        made.map_err(|e| StorageError::io(format!("Cannot mark pool '{name}' for autostart"), &e))
+        .map_err(|e| StorageError::io(format!("Cannot mark pool '{name}' for autostart"), &e))
     }
 
     // ------------------------------------------------------------------------------------

@@ -234,7 +234,7 @@ impl EmulatorCache {
         let path = self.file_for(&key.binary);
         let dir = self.dir.clone();
         let (key, caps, target) = (key.clone(), Arc::clone(caps), path.clone());
-        let written = tokio::task::spawn_blocking(move || {
+        let written = rvirt_daemon::atomic::off_worker(move || {
             std::fs::create_dir_all(&dir)?;
             let file = CacheFile {
                 key: &key,
@@ -243,8 +243,7 @@ impl EmulatorCache {
             let json = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
             rvirt_daemon::atomic::write_atomic(&target, &json, 0o644)
         })
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        .await;
         if let Err(e) = written {
             // The cache only saves time: the next start probes again.
             tracing::warn!(path = %path.display(), error = %e, "cannot write the capability cache");
