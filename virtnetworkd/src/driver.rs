@@ -980,16 +980,11 @@ impl NetworkDriver {
             ("hostsfile", &files.hostsfile),
             ("addnhosts", &files.addnhosts),
         ] {
-            let path = self.paths.dnsmasq_file(name, ext);
-            write_atomic_async(&path, text.as_bytes(), 0o644)
-                .await
-                .map_err(|e| NetError::io("write", &path, e))?;
+            self.write_dnsmasq_file(name, ext, text).await?;
         }
         let leases = self.paths.dnsmasq_file(name, "leases");
         if !leases.exists() {
-            write_atomic_async(&leases, b"", 0o644)
-                .await
-                .map_err(|e| NetError::io("write", &leases, e))?;
+            self.write_dnsmasq_file(name, "leases", "").await?;
         }
         let current = leases::parse(&std::fs::read_to_string(&leases).unwrap_or_default());
         self.lease_cache_lock().insert(name.clone(), current);
