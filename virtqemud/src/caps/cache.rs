@@ -200,9 +200,9 @@ impl EmulatorCache {
             })
             .await
             .clone();
-        if matches!(source, Source::Probe) && value.is_ok() {
-            // A new probe may have replaced an older answer for this binary (QEMU upgraded
-            // under the daemon): the names only that answer held are free now.
+        if matches!(source, Source::Probe) {
+            // The names only the probe's answers held are free now, and those of an older
+            // answer for this binary that the probe replaced (QEMU upgraded under the daemon).
             crate::qmp::name::Name::forget_unused();
         }
         if let Err(e) = &value

@@ -196,7 +196,7 @@ impl QemuCaps {
                 ms = started.elapsed().as_millis() as u64,
                 "QEMU capabilities ready"
             );
-            Name::forget_unused();
+            // Each probe has forgotten the names it no longer needs (`EmulatorCache`).
             release_freed_heap();
         });
     }
